@@ -1,0 +1,54 @@
+"""Atomic writes: a killed run must never leave a partial version that a later load could pick up.
+
+Kedro resolves the latest version by globbing `<filepath>/*/<basename>`, so a version becomes
+visible the moment its main file (or folder) appears under its final name. Everything is first
+written under a hidden temporary name in the same folder, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from kedro.io.core import get_filepath_str
+from kedro_datasets._typing import JSONPreview
+from kedro_datasets.json import JSONDataset
+
+
+def temporary_sibling(path: str) -> str:
+    """A hidden name next to `path` that no version glob matches."""
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}.partial-{uuid.uuid4().hex[:8]}")
+
+
+def write_bytes_atomic(fs: Any, path: str, payload: bytes) -> None:
+    """Write `payload` to `path` through fsspec `fs`, appearing under its final name all at once."""
+    parent = os.path.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = temporary_sibling(path)
+    with fs.open(tmp, "wb") as handle:
+        handle.write(payload)
+    fs.mv(tmp, path)
+
+
+def commit_local_dir(tmp_dir: Path, final_dir: Path) -> None:
+    """Rename a fully written folder into place (same filesystem, so atomic)."""
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp_dir, final_dir)
+
+
+class AtomicJSONDataset(JSONDataset):
+    """kedro-datasets' JSONDataset, saved atomically, with a JSON preview for kedro-viz."""
+
+    def save(self, data: Any) -> None:
+        save_path = get_filepath_str(self._get_save_path(), self._protocol)
+        payload = json.dumps(data, indent=2, sort_keys=True, default=str).encode()
+        write_bytes_atomic(self._fs, save_path, payload)
+        self._invalidate_cache()
+
+    def preview(self) -> JSONPreview:
+        return JSONPreview(json.dumps(self.load(), indent=2, default=str)[:20000])

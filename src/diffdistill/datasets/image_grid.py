@@ -1,0 +1,38 @@
+"""`ImageGridDataset`: a PNG picture (kedro-datasets' pillow ImageDataset, saved atomically)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import torch
+from kedro.io.core import get_filepath_str
+from kedro_datasets._typing import ImagePreview
+from kedro_datasets.pillow import ImageDataset
+from PIL import Image
+
+from diffdistill.data.grid import grid_png_bytes
+from diffdistill.datasets.atomic import write_bytes_atomic
+
+
+class ImageGridDataset(ImageDataset):
+    """Saves a uint8 (3, H, W) tensor or a PIL image as PNG; loads a PIL image."""
+
+    def save(self, data: Any) -> None:
+        save_path = get_filepath_str(self._get_save_path(), self._protocol)
+        if isinstance(data, torch.Tensor):
+            payload = grid_png_bytes(data.to(torch.uint8))
+        elif isinstance(data, Image.Image):
+            buf = io.BytesIO()
+            data.save(buf, format="PNG")
+            payload = buf.getvalue()
+        else:
+            raise TypeError(f"{self} saves a uint8 tensor or a PIL image, got {type(data).__name__}")
+        write_bytes_atomic(self._fs, save_path, payload)
+        self._invalidate_cache()
+
+    def preview(self) -> ImagePreview:
+        load_path = get_filepath_str(self._get_load_path(), self._protocol)
+        with self._fs.open(load_path, "rb") as handle:
+            return ImagePreview(base64.b64encode(handle.read()).decode())

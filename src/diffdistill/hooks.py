@@ -1,0 +1,185 @@
+"""Project hooks: runtime defaults and the lineage record of every run.
+
+The lineage record answers "which artifact versions produced this one": for each run it stores the
+git SHA (+ dirty flag), the save version (= run id), the resolved load version of every dataset read,
+the version of every dataset written, per node, the parameters hash and the MLflow run id. It is
+written to `data/lineage/<save_version>.json` and attached to the MLflow run as tags + artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+
+logger = logging.getLogger(__name__)
+
+LINEAGE_DIR = Path("data") / "lineage"
+
+
+class RuntimeHook:
+    """Offline, telemetry-free defaults for every run (also when started from Python, not make)."""
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        for key, value in {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "true",
+                           "MLFLOW_DISABLE_TELEMETRY": "true", "KEDRO_DISABLE_TELEMETRY": "1"}.items():
+            os.environ.setdefault(key, value)
+
+
+def git_state(project_path: Path) -> dict[str, Any]:
+    """Current commit and whether the work tree differs from it (None outside a git checkout)."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=project_path, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_sha": sha, "git_dirty": None if status is None else bool(status)}
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _dataset_version(catalog: Any, name: str, *, load: bool) -> str | None:
+    try:
+        dataset = catalog.get(name)
+    except Exception:  # a dataset the catalog cannot build has no version to record
+        return None
+    if dataset is None or not getattr(dataset, "_version", None):
+        return None
+    try:
+        return dataset.resolve_load_version() if load else dataset.resolve_save_version()
+    except Exception:
+        return None
+
+
+class LineageHook:
+    """Records inputs/outputs and their versions per node; writes one JSON record per run."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._catalog: Any = None
+        self._project_path = Path.cwd()
+        self._params: dict[str, Any] = {}
+        self._record: dict[str, Any] = {}
+        self._mlflow_run_id: str | None = None
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        self._reset()
+        self._project_path = Path(context.project_path)
+        try:
+            self._params = dict(context.params)
+        except Exception:  # params that fail to resolve are reported by Kedro itself
+            self._params = {}
+
+    @hook_impl
+    def after_catalog_created(self, catalog: Any, save_version: str, load_versions: dict[str, str]) -> None:
+        self._catalog = catalog
+        self._record = {
+            "save_version": save_version,
+            "pinned_load_versions": dict(load_versions or {}),
+            "created_at": datetime.now(UTC).isoformat(),
+            **git_state(self._project_path),
+            "params_hash": params_hash(self._params),
+            "inputs": {},
+            "outputs": {},
+            "nodes": {},
+        }
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        self._record["run_id"] = run_params.get("run_id") or run_params.get("session_id")
+        self._record["pipeline_names"] = run_params.get("pipeline_names") or [run_params.get("pipeline_name")]
+        self._record["env"] = run_params.get("env")
+        self._record["runtime_params"] = run_params.get("runtime_params") or {}
+        self._mlflow_run_id = _active_mlflow_run_id()
+        self._record["mlflow_run_id"] = self._mlflow_run_id
+
+    def _node_entry(self, node: Any) -> dict[str, Any]:
+        return self._record["nodes"].setdefault(node.name, {"inputs": {}, "outputs": {}})
+
+    @hook_impl
+    def after_dataset_loaded(self, dataset_name: str, node: Any) -> None:
+        if not self._record or dataset_name.startswith("params:") or dataset_name == "parameters":
+            return
+        version = _dataset_version(self._catalog, dataset_name, load=True)
+        self._record["inputs"].setdefault(dataset_name, version)
+        self._node_entry(node)["inputs"][dataset_name] = version
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, node: Any) -> None:
+        if not self._record:
+            return
+        version = _dataset_version(self._catalog, dataset_name, load=False)
+        self._record["outputs"][dataset_name] = version
+        self._node_entry(node)["outputs"][dataset_name] = version
+        if self._mlflow_run_id is None:
+            self._mlflow_run_id = _active_mlflow_run_id()
+            self._record["mlflow_run_id"] = self._mlflow_run_id
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._write("completed")
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._write("failed")
+
+    def _write(self, status: str) -> None:
+        if not self._record:
+            return
+        record = {**self._record, "status": status}
+        # Only versioned artifacts take part in lineage; memory datasets have no version.
+        record["inputs"] = {k: v for k, v in record["inputs"].items() if k not in record["outputs"]}
+        directory = self._project_path / LINEAGE_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{record['save_version']}.json"
+        tmp = path.with_name(f".{path.name}.partial")
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, path)
+        _tag_mlflow_run(self._mlflow_run_id, record, path)
+        self._record = {}
+
+
+def _active_mlflow_run_id() -> str | None:
+    try:
+        import mlflow
+    except ImportError:
+        return None
+    run = mlflow.active_run()
+    return run.info.run_id if run else None
+
+
+def _tag_mlflow_run(run_id: str | None, record: dict[str, Any], path: Path) -> None:
+    if run_id is None:
+        return
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        tags = {
+            "diffdistill.git_sha": str(record.get("git_sha")),
+            "diffdistill.git_dirty": str(record.get("git_dirty")),
+            "diffdistill.save_version": str(record.get("save_version")),
+            "diffdistill.params_hash": str(record.get("params_hash")),
+        }
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+        client.log_artifact(run_id, str(path), artifact_path="lineage")
+    except Exception as exc:  # tracking must never lose the run's artifacts
+        logger.warning("Could not attach lineage to MLflow run %s: %s", run_id, exc)

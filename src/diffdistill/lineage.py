@@ -1,0 +1,79 @@
+"""Reading lineage records back: which runs and artifact versions produced a given artifact."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffdistill.hooks import LINEAGE_DIR
+
+
+def load_records(project_path: Path) -> list[dict[str, Any]]:
+    """All lineage records, oldest first."""
+    directory = Path(project_path) / LINEAGE_DIR
+    records = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except json.JSONDecodeError:
+            continue
+    return sorted(records, key=lambda r: str(r.get("save_version")))
+
+
+@dataclass
+class LineageNode:
+    dataset: str
+    version: str | None
+    run: dict[str, Any] | None
+    node: str | None
+    parents: list[LineageNode] = field(default_factory=list)
+
+
+def find_producer(records: list[dict[str, Any]], dataset: str, version: str | None) -> tuple[dict | None, str | None]:
+    """The run that wrote `dataset` at `version` (the latest one when `version` is None)."""
+    for record in reversed(records):
+        written = record.get("outputs", {})
+        if dataset in written and (version is None or written[dataset] == version):
+            return record, written[dataset]
+    return None, version
+
+
+def trace(records: list[dict[str, Any]], dataset: str, version: str | None = None,
+          _seen: set | None = None) -> LineageNode:
+    """The chain of upstream artifacts and versions that produced `dataset`, transitively."""
+    seen = _seen if _seen is not None else set()
+    record, version = find_producer(records, dataset, version)
+    if record is None:
+        return LineageNode(dataset, version, None, None)
+    node_name, inputs = None, {}
+    for name, entry in record.get("nodes", {}).items():
+        if dataset in entry.get("outputs", {}):
+            node_name, inputs = name, entry.get("inputs", {})
+            break
+    result = LineageNode(dataset, version, record, node_name)
+    key = (dataset, version)
+    if key in seen:
+        return result
+    seen.add(key)
+    for parent, parent_version in sorted(inputs.items()):
+        if parent in record.get("outputs", {}):
+            # produced earlier in the same run
+            parent_version = record["outputs"][parent]
+        result.parents.append(trace(records, parent, parent_version, seen))
+    return result
+
+
+def format_tree(node: LineageNode, indent: str = "") -> str:
+    if node.run is None:
+        line = f"{indent}{node.dataset} @ {node.version or '-'}  (no recorded producer: a raw input or an unversioned dataset)"
+        return line
+    run = node.run
+    dirty = " (dirty)" if run.get("git_dirty") else ""
+    sha = (run.get("git_sha") or "no-git")[:10]
+    line = (f"{indent}{node.dataset} @ {node.version}  <- node {node.node}, run {run.get('save_version')} "
+            f"[pipelines {','.join(p for p in run.get('pipeline_names') or [] if p)}; git {sha}{dirty}; "
+            f"params {run.get('params_hash')}; mlflow {run.get('mlflow_run_id') or '-'}]")
+    lines = [line] + [format_tree(parent, indent + "    ") for parent in node.parents]
+    return "\n".join(lines)

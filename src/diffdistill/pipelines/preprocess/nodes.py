@@ -1,0 +1,24 @@
+"""Nodes of the `preprocess` pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diffdistill.data.bundle import TensorBundle
+from diffdistill.data.sources import SourceConfig, load_source
+from diffdistill.pipelines.common import as_mlflow_metrics
+
+
+def load_raw_source(params: dict[str, Any]) -> tuple[TensorBundle, TensorBundle, dict[str, Any]]:
+    """Read the configured raw source into uint8 N×C×H×W tensors plus a data report."""
+    train, test, report = load_source(SourceConfig.from_dict(params))
+    return train, test, report
+
+
+def summarise_report(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Scalar figures of the data report, for MLflow."""
+    return as_mlflow_metrics({
+        "data.train_images": sum(report["train_counts"].values()),
+        "data.test_images": sum(report["test_counts"].values()),
+        "data.skipped_files": len(report.get("skipped", [])),
+    })
