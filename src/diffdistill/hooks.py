@@ -132,6 +132,36 @@ class LineageHook:
             self._mlflow_run_id = _active_mlflow_run_id()
             self._record["mlflow_run_id"] = self._mlflow_run_id
 
+        self._log_artifact(dataset_name)
+
+    def _log_artifact(self, dataset_name: str) -> None:
+        """Attach a saved file to the MLflow run when its catalog entry asks for it.
+
+        Catalog entries opt in with `metadata: {diffdistill: {mlflow_artifact: true}}` (small files only:
+        reports, grids, tables; never latents or models).
+        """
+        try:
+            dataset = self._catalog.get(dataset_name)
+        except Exception:
+            return
+        options = ((getattr(dataset, "metadata", None) or {}).get("diffdistill") or {})
+        if not options.get("mlflow_artifact") or self._mlflow_run_id is None:
+            return
+        path = _saved_path(dataset)
+        if path is None or not path.exists():
+            return
+        try:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient()
+            folder = options.get("artifact_path")
+            if path.is_dir():
+                client.log_artifacts(self._mlflow_run_id, str(path), artifact_path=folder or path.name)
+            else:
+                client.log_artifact(self._mlflow_run_id, str(path), artifact_path=folder)
+        except Exception as exc:  # a tracking failure must not fail the run that produced the data
+            logger.warning("Could not log %s to MLflow: %s", dataset_name, exc)
+
     @hook_impl
     def after_pipeline_run(self) -> None:
         self._write("completed")
@@ -154,6 +184,15 @@ class LineageHook:
         os.replace(tmp, path)
         _tag_mlflow_run(self._mlflow_run_id, record, path)
         self._record = {}
+
+
+def _saved_path(dataset: Any) -> Path | None:
+    filepath = getattr(dataset, "_filepath", None)
+    if filepath is None:
+        return None
+    if getattr(dataset, "_version", None):
+        return Path(str(dataset._get_versioned_path(dataset.resolve_save_version())))
+    return Path(str(filepath))
 
 
 def _active_mlflow_run_id() -> str | None:

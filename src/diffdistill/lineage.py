@@ -41,27 +41,29 @@ def find_producer(records: list[dict[str, Any]], dataset: str, version: str | No
 
 
 def trace(records: list[dict[str, Any]], dataset: str, version: str | None = None,
-          _seen: set | None = None) -> LineageNode:
-    """The chain of upstream artifacts and versions that produced `dataset`, transitively."""
-    seen = _seen if _seen is not None else set()
+          _memo: dict | None = None) -> LineageNode:
+    """The chain of upstream artifacts and versions that produced `dataset`, transitively.
+
+    Shared ancestors (a prior read by two later phases) appear under each descendant.
+    """
+    memo = _memo if _memo is not None else {}
     record, version = find_producer(records, dataset, version)
+    key = (dataset, version)
+    if key in memo:
+        return memo[key]
     if record is None:
-        return LineageNode(dataset, version, None, None)
+        memo[key] = LineageNode(dataset, version, None, None)
+        return memo[key]
     node_name, inputs = None, {}
     for name, entry in record.get("nodes", {}).items():
         if dataset in entry.get("outputs", {}):
             node_name, inputs = name, entry.get("inputs", {})
             break
-    result = LineageNode(dataset, version, record, node_name)
-    key = (dataset, version)
-    if key in seen:
-        return result
-    seen.add(key)
+    result = memo[key] = LineageNode(dataset, version, record, node_name)
     for parent, parent_version in sorted(inputs.items()):
         if parent in record.get("outputs", {}):
-            # produced earlier in the same run
-            parent_version = record["outputs"][parent]
-        result.parents.append(trace(records, parent, parent_version, seen))
+            parent_version = record["outputs"][parent]  # produced earlier in the same run
+        result.parents.append(trace(records, parent, parent_version, memo))
     return result
 
 

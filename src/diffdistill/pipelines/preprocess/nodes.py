@@ -11,14 +11,16 @@ from diffdistill.pipelines.common import as_mlflow_metrics
 
 def load_raw_source(params: dict[str, Any]) -> tuple[TensorBundle, TensorBundle, dict[str, Any]]:
     """Read the configured raw source into uint8 N×C×H×W tensors plus a data report."""
-    train, test, report = load_source(SourceConfig.from_dict(params))
+    config = dict(params)
+    config["name"] = config.pop("source", None)
+    train, test, report = load_source(SourceConfig.from_dict(config))
     return train, test, report
 
 
 def summarise_report(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Scalar figures of the data report, for MLflow."""
     return as_mlflow_metrics({
-        "data.train_images": sum(report["train_counts"].values()),
-        "data.test_images": sum(report["test_counts"].values()),
-        "data.skipped_files": len(report.get("skipped", [])),
+        "train_images": report["totals"]["train"],
+        "test_images": report["totals"]["test"],
+        "skipped_files": len(report.get("skipped", [])),
     })
