@@ -52,3 +52,22 @@ class AtomicJSONDataset(JSONDataset):
 
     def preview(self) -> JSONPreview:
         return JSONPreview(json.dumps(self.load(), indent=2, default=str)[:20000])
+
+
+class AtomicTextDataset(JSONDataset):
+    """A versioned text file (markdown, HTML, CSV), saved atomically; previewed as HTML or a table."""
+
+    def save(self, data: str) -> None:
+        if not isinstance(data, str):
+            raise TypeError(f"{self} saves text, got {type(data).__name__}")
+        save_path = get_filepath_str(self._get_save_path(), self._protocol)
+        write_bytes_atomic(self._fs, save_path, data.encode())
+        self._invalidate_cache()
+
+    def load(self) -> str:
+        load_path = get_filepath_str(self._get_load_path(), self._protocol)
+        with self._fs.open(load_path, "rb") as handle:
+            return handle.read().decode()
+
+    def preview(self) -> JSONPreview:
+        return JSONPreview(json.dumps(self.load()[:20000]))

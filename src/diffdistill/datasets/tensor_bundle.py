@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any
 
-from kedro.io.core import DatasetError, get_filepath_str
+from kedro.io.core import DatasetError, VersionNotFoundError, get_filepath_str
 from kedro_datasets._typing import ImagePreview, TablePreview
 from kedro_datasets_experimental.safetensors import SafetensorsDataset
 from safetensors.torch import load as load_safetensors
@@ -29,9 +29,12 @@ class TensorBundleDataset(SafetensorsDataset):
     """Versioned `TensorBundle` on disk: `<name>.safetensors` + `<name>.safetensors.json`."""
 
     def __init__(self, *, filepath: str, version: Any = None, credentials: dict | None = None,
-                 fs_args: dict | None = None, metadata: dict | None = None) -> None:
+                 fs_args: dict | None = None, metadata: dict | None = None, optional: bool = False) -> None:
+        """`optional: true` makes loading a never-saved artifact return None instead of failing
+        (evaluation and reporting then skip that set and say so)."""
         super().__init__(filepath=filepath, backend="torch", version=version, credentials=credentials,
                          fs_args=fs_args, metadata=metadata)
+        self._optional = optional
 
     @staticmethod
     def sidecar_path(path: str) -> str:
@@ -56,7 +59,9 @@ class TensorBundleDataset(SafetensorsDataset):
         write_bytes_atomic(self._fs, save_path, payload)
         self._invalidate_cache()
 
-    def load(self) -> TensorBundle:
+    def load(self) -> TensorBundle | None:
+        if self._optional and not self._has_version():
+            return None
         load_path = get_filepath_str(self._get_load_path(), self._protocol)
         sidecar_path = self.sidecar_path(load_path)
         if not self._fs.exists(sidecar_path):
@@ -84,11 +89,20 @@ class TensorBundleDataset(SafetensorsDataset):
                 raise DatasetError(f"{load_path}: tensor {name!r} does not match the shape recorded in its sidecar")
         return TensorBundle(tensors=tensors, meta=sidecar.get("meta", {}))
 
+    def _has_version(self) -> bool:
+        try:
+            self.resolve_load_version()
+        except VersionNotFoundError:
+            return False
+        return True
+
     def _describe(self) -> dict[str, Any]:
         return {"filepath": self._filepath, "protocol": self._protocol, "version": self._version}
 
     def preview(self) -> ImagePreview | TablePreview:
         bundle = self.load()
+        if bundle is None:
+            return TablePreview({"index": [], "columns": ["tensor", "shape", "dtype"], "data": []})
         if "images" in bundle and bundle.images.ndim == 4:
             grid = image_grid(bundle.images[:2000], bundle.tensors.get("labels", None)
                               if "labels" in bundle else None, max_per_class=10)

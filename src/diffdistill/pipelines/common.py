@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial, update_wrapper
+from pathlib import Path
 from typing import Any
 
 
@@ -14,3 +16,64 @@ def as_mlflow_history(history: dict[str, list[float]]) -> dict[str, list[dict[st
     """{name: [v0, v1, ...]} -> one MLflow metric per name with one step per entry."""
     return {name: [{"value": float(v), "step": i} for i, v in enumerate(values)]
             for name, values in history.items() if values}
+
+
+def set_names(methods: list[str], ipcs: list[int]) -> list[str]:
+    """Namespaces of distilled sets: `<method>_ipc<N>`."""
+    return [f"{method}_ipc{ipc}" for method in methods for ipc in ipcs]
+
+
+def base_parameters(key: str) -> Any:
+    """A value from conf/base parameters, read when pipelines are built (which sets exist is part of the graph).
+
+    Environments change sizes and settings at run time; the set of namespaces is fixed by conf/base so
+    that `kedro viz`, `kedro airflow` and every environment see the same graph.
+    """
+    from kedro.config import OmegaConfigLoader
+    from kedro.framework.project import settings
+    from kedro.utils import find_kedro_project
+
+    project = find_kedro_project(Path.cwd()) or Path.cwd()
+    loader = OmegaConfigLoader(conf_source=str(project / settings.CONF_SOURCE), base_env="base",
+                               default_run_env="base")
+    value: Any = loader["parameters"]
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(f"conf/base parameters have no {key!r} (missing {part!r}); add it to conf/base/parameters_*.yml")
+        value = value[part]
+    return value
+
+
+def classifier_to_bundle(model: Any, meta: dict[str, Any]) -> Any:
+    """A trained `NormalizedClassifier` as a TensorBundle (state dict + what rebuilds the net)."""
+    from diffdistill.data.bundle import TensorBundle
+
+    required = {"arch", "in_channels", "num_classes", "image_size"}
+    missing = required - set(meta)
+    if missing:
+        raise ValueError(f"classifier metadata lacks {sorted(missing)}")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return TensorBundle(state, {"kind": "classifier", "net_overrides": {}, **meta})
+
+
+def classifier_from_bundle(bundle: Any, device: str = "cpu") -> Any:
+    """Rebuild the `NormalizedClassifier` saved by `classifier_to_bundle`, in eval mode."""
+    import torch
+
+    from diffdistill.evaluation import NormalizedClassifier
+    from diffdistill.nets import build_net
+
+    meta = bundle.meta
+    if meta.get("kind") != "classifier":
+        raise ValueError(f"expected a classifier artifact, got one of kind {meta.get('kind')!r}")
+    net = build_net(meta["arch"], int(meta["in_channels"]), int(meta["num_classes"]), int(meta["image_size"]),
+                    **meta.get("net_overrides", {}))
+    channels = int(meta["in_channels"])
+    model = NormalizedClassifier(net, torch.zeros(channels), torch.ones(channels))
+    model.load_state_dict(bundle.tensors)
+    return model.to(device).eval()
+
+
+def bind(func: Any, **kwargs: Any) -> Any:
+    """functools.partial that keeps the function's name and docs (Kedro and kedro-viz show them)."""
+    return update_wrapper(partial(func, **kwargs), func)

@@ -1,0 +1,27 @@
+"""Nodes of the `baselines` pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from diffdistill.data.bundle import TensorBundle
+from diffdistill.data.grid import image_grid
+from diffdistill.distill.baselines import herding_subset, random_real_subset
+from diffdistill.pipelines.common import classifier_from_bundle
+
+
+def make_random_subset(train_set: TensorBundle, params: dict[str, Any], *, ipc: int) -> tuple[TensorBundle, torch.Tensor]:
+    """IPC random real images per class (seeded): the floor every method must beat."""
+    subset = random_real_subset(train_set, ipc, seed=int(params["seed"]) + 1000 * ipc)
+    return subset, image_grid(subset.images, subset.labels)
+
+
+def make_herding_subset(train_set: TensorBundle, teacher_model: TensorBundle, params: dict[str, Any], device: str,
+                        *, ipc: int) -> tuple[TensorBundle, torch.Tensor]:
+    """IPC real images per class whose running feature mean tracks the class mean (teacher feature space)."""
+    teacher = classifier_from_bundle(teacher_model, device)
+    subset = herding_subset(train_set, ipc, teacher, device=device)
+    subset.meta["feature_net"] = {"arch": teacher_model.meta["arch"], "seed": teacher_model.meta.get("seed")}
+    return subset, image_grid(subset.images, subset.labels)

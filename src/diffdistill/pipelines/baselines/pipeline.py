@@ -1,0 +1,25 @@
+"""`baselines` pipeline: one namespace per (baseline, IPC), e.g. `random_ipc1`, `herding_ipc10`."""
+
+from kedro.pipeline import Node, Pipeline
+
+from diffdistill.pipelines.baselines.nodes import make_herding_subset, make_random_subset
+from diffdistill.pipelines.common import base_parameters, bind
+from diffdistill.pipelines.teacher import create_pipeline as teacher_pipeline
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    ipcs = [int(i) for i in base_parameters("ipcs")]
+    pipelines = []
+    for ipc in ipcs:
+        pipelines.append(Pipeline(
+            [Node(bind(make_random_subset, ipc=ipc), inputs=["train_set", "params:baselines"],
+                  outputs=["distilled_set", "distilled_grid"], name="make_random_subset")],
+            namespace=f"random_ipc{ipc}", inputs={"train_set"}, parameters={"params:baselines"}))
+        pipelines.append(Pipeline(
+            [Node(bind(make_herding_subset, ipc=ipc),
+                  inputs=["train_set", "teacher_model", "params:baselines", "params:device"],
+                  outputs=["distilled_set", "distilled_grid"], name="make_herding_subset")],
+            namespace=f"herding_ipc{ipc}", inputs={"train_set", "teacher_model"},
+            parameters={"params:baselines", "params:device"}))
+    # Herding needs the teacher's feature space, so the teacher node belongs to this phase too.
+    return teacher_pipeline() + sum(pipelines, Pipeline([]))

@@ -1,0 +1,90 @@
+"""Nodes of the `evaluate` pipeline."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from typing import Any
+
+from diffdistill.data.bundle import TensorBundle
+from diffdistill.evaluation import channel_stats, get_protocol, train_and_evaluate
+from diffdistill.pipelines.common import as_mlflow_metrics, classifier_from_bundle
+
+logger = logging.getLogger(__name__)
+
+
+def summarise_rows(rows: list[dict[str, Any]], archs: list[str], unseen: list[str]) -> dict[str, Any]:
+    """Mean ± std (population of seeds, in %) per architecture, and the mean over the unseen architectures."""
+    summary: dict[str, Any] = {}
+    for arch in archs:
+        accs = [100.0 * r["test_accuracy"] for r in rows if r["arch"] == arch]
+        if accs:
+            summary[arch] = {"mean": statistics.fmean(accs), "std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+                             "n": len(accs)}
+    unseen_means = [summary[a]["mean"] for a in unseen if a in summary]
+    if unseen_means:
+        summary["unseen_mean"] = {"mean": statistics.fmean(unseen_means), "archs": [a for a in unseen if a in summary]}
+    return summary
+
+
+def _protocol(params: dict[str, Any], train_set: TensorBundle, overrides: dict[str, Any]):
+    # Normalise every set with the real train split's statistics, so distilled and real images share one scale.
+    mean, std = channel_stats(train_set["images"])
+    return get_protocol(params["protocol"], **{**params.get("protocol_overrides", {}), **overrides,
+                                               "mean": mean.tolist(), "std": std.tolist()})
+
+
+def evaluate_set(distilled_set: TensorBundle | None, train_set: TensorBundle, test_set: TensorBundle,
+                 teacher_model: TensorBundle, params: dict[str, Any], device: str,
+                 *, set_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train every architecture × seed from scratch on the set; final-epoch test accuracy of each."""
+    if distilled_set is None:
+        logger.warning("Distilled set %r has no saved version yet: run the pipeline that produces it. Skipped.",
+                       set_name)
+        return {"set": set_name, "status": "missing", "rows": [], "summary": {}}, {}
+    protocol = _protocol(params, train_set, {})
+    teacher = classifier_from_bundle(teacher_model, device) if protocol.loss == "soft_label" else None
+    rows = []
+    for arch in params["archs"]:
+        for seed in params["seeds"]:
+            result = train_and_evaluate(distilled_set, test_set, arch=arch, protocol=protocol, seed=int(seed),
+                                        device=device, teacher=teacher)
+            rows.append({"set": set_name, "arch": arch, "seed": int(seed), "test_accuracy": result["test_accuracy"],
+                         "epochs": result["epochs"], "protocol": result["protocol"]})
+            logger.info("%s %s seed %s: %.2f%%", set_name, arch, seed, 100 * result["test_accuracy"])
+    summary = summarise_rows(rows, params["archs"], params["unseen_archs"])
+    results = {"set": set_name, "status": "done", "meta": _set_meta(distilled_set), "protocol": protocol.to_dict(),
+               "rows": rows, "summary": summary}
+    return results, _summary_metrics(summary)
+
+
+def evaluate_full_data(train_set: TensorBundle, test_set: TensorBundle, params: dict[str, Any],
+                       device: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The upper bound: the same architectures trained on the whole real train split."""
+    full = params["full_data"]
+    protocol = _protocol(params, train_set, full.get("protocol_overrides", {}))
+    rows = []
+    for arch in params["archs"]:
+        for seed in full["seeds"]:
+            result = train_and_evaluate(train_set, test_set, arch=arch, protocol=protocol, seed=int(seed),
+                                        device=device, allow_unbalanced=True)
+            rows.append({"set": "full", "arch": arch, "seed": int(seed), "test_accuracy": result["test_accuracy"],
+                         "epochs": result["epochs"], "protocol": result["protocol"]})
+    summary = summarise_rows(rows, params["archs"], params["unseen_archs"])
+    meta = {"method": "full", "ipc": None, "num_images": len(train_set), "class_names": train_set.class_names}
+    return ({"set": "full", "status": "done", "meta": meta, "protocol": protocol.to_dict(), "rows": rows,
+             "summary": summary}, _summary_metrics(summary))
+
+
+def _set_meta(bundle: TensorBundle) -> dict[str, Any]:
+    keep = ("method", "ipc", "objective", "space", "variant", "num_classes", "class_names", "seed")
+    return {k: bundle.meta[k] for k in keep if k in bundle.meta}
+
+
+def _summary_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    values = {}
+    for arch, stats in summary.items():
+        values[f"{arch}_mean"] = stats["mean"]
+        if "std" in stats:
+            values[f"{arch}_std"] = stats["std"]
+    return as_mlflow_metrics(values)

@@ -1,0 +1,28 @@
+"""`evaluate` pipeline: one namespace per distilled set (`<method>_ipc<N>`), plus the full-data bound."""
+
+from kedro.pipeline import Node, Pipeline
+
+from diffdistill.pipelines.common import base_parameters, bind, set_names
+from diffdistill.pipelines.evaluate.nodes import evaluate_full_data, evaluate_set
+
+SHARED_INPUTS = {"train_set", "test_set", "teacher_model"}
+SHARED_PARAMS = {"params:evaluate", "params:device"}
+
+
+def evaluated_sets() -> list[str]:
+    return set_names(base_parameters("evaluate.methods"), base_parameters("ipcs"))
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    per_set = [
+        Pipeline([Node(bind(evaluate_set, set_name=name),
+                       inputs=["distilled_set", "train_set", "test_set", "teacher_model", "params:evaluate",
+                               "params:device"],
+                       outputs=["eval_results", "eval_metrics"], name="evaluate_set")],
+                 namespace=name, inputs=SHARED_INPUTS, parameters=SHARED_PARAMS)
+        for name in evaluated_sets()
+    ]
+    full = Pipeline([Node(evaluate_full_data, inputs=["train_set", "test_set", "params:evaluate", "params:device"],
+                          outputs=["eval_results", "eval_metrics"], name="evaluate_full_data")],
+                    namespace="full", inputs={"train_set", "test_set"}, parameters=SHARED_PARAMS)
+    return sum(per_set, full)
