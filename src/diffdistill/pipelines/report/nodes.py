@@ -62,6 +62,16 @@ def visible(table: pd.DataFrame) -> pd.DataFrame:
     return table[[c for c in table.columns if not c.startswith("_") and c != "set"]] if not table.empty else table
 
 
+def numeric(table: pd.DataFrame, archs: list[str]) -> pd.DataFrame:
+    """The machine-readable table: numbers, one mean and one std column per architecture."""
+    columns = {"IPC": "ipc", "space": "space", "method": "method", "set": "set"}
+    for arch in archs:
+        columns[f"_{arch}_mean"] = f"{arch}_mean"
+        columns[f"_{arch}_std"] = f"{arch}_std"
+    columns["_unseen_mean"] = "unseen_mean"
+    return table[list(columns)].rename(columns=columns)
+
+
 def bar_plot(table: pd.DataFrame, archs: list[str]) -> Image.Image:
     """Grouped bars (one group per set, one bar per architecture) with ±1 std error bars."""
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * max(len(table), 1) * len(archs) / 3), 4), dpi=100)
@@ -97,7 +107,7 @@ def build_report(params: dict[str, Any], *results: dict[str, Any]) -> tuple[str,
     markdown = header + (shown.to_markdown(index=False) if not shown.empty else "(no evaluated sets)") + note
     html = ("<html><head><meta charset='utf-8'><title>diffdistill report</title></head><body>"
             f"<p>{header.strip()}</p>" + shown.to_html(index=False, border=0) + f"<p>{note.strip()}</p></body></html>")
-    csv = table.drop(columns=[c for c in table.columns if c.startswith("_o") or c.startswith("_i")],
-                     errors="ignore").to_csv(index=False) if not table.empty else ""
-    summary = {"sets": [r["set"] for r in results if r.get("status") == "done"], "missing": missing}
+    csv = numeric(table, archs).to_csv(index=False) if not table.empty else ""
+    done = [r["set"] for r in results if r.get("status") == "done"]
+    summary = {"sets": done, "distilled_sets": [name for name in done if name != "full"], "missing": missing}
     return markdown, html, csv, bar_plot(table, archs), summary

@@ -1,0 +1,55 @@
+"""End to end in the CI environment: preprocess -> baselines -> evaluate -> report, then the notebook."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tests.kedro_project import kedro, scratch_project, versions
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = scratch_project(tmp_path_factory.mktemp("evaluation"))
+    kedro(root, "run", "--pipelines", "preprocess,baselines,evaluate,report", "--env", "test")
+    return root
+
+
+def test_report_table_has_baseline_and_full_data_rows(project: Path) -> None:
+    (version,) = versions(project, "data/08_reporting/report/table.md")
+    table = (project / "data/08_reporting/report/table.md" / version / "table.md").read_text()
+    for row in ("random subset", "herding", "full data (upper bound)"):
+        assert row in table
+    assert "ConvNet" in table and "AlexNet" in table and "unseen mean" in table
+    csv = (project / "data/08_reporting/report/table.csv" / version / "table.csv").read_text()
+    lines = csv.strip().splitlines()
+    assert lines[0] == "ipc,space,method,set,convnet_mean,convnet_std,alexnet_mean,alexnet_std,unseen_mean"
+    assert len(lines) == 1 + 5  # random/herding x IPC 1/10 + full
+
+
+def test_every_distilled_set_has_a_grid_and_results(project: Path) -> None:
+    for name in ("random_ipc1", "random_ipc10", "herding_ipc1", "herding_ipc10"):
+        assert versions(project, f"data/07_model_output/{name}/distilled_set.safetensors")
+        assert versions(project, f"data/08_reporting/grids/{name}.png")
+        assert versions(project, f"data/08_reporting/evaluation/{name}.json")
+
+
+def test_notebook_loads_the_report_through_the_catalog(project: Path) -> None:
+    notebook = nbformat.read(project / "notebooks" / "report.ipynb", as_version=4)
+    os.environ["KEDRO_ENV"] = "test"
+    try:
+        NotebookClient(notebook, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(project / "notebooks")}}).execute()
+    finally:
+        os.environ.pop("KEDRO_ENV")
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 1 + 4  # the plot and one grid per set
+    assert any("random subset" in o.get("data", {}).get("text/markdown", "") for o in outputs)
