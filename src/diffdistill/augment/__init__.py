@@ -1,0 +1,14 @@
+"""Differentiable augmentation shared by distillation and evaluation: DSA, and the soft-label crop/flip + CutMix."""
+
+from diffdistill.augment.dsa import DEFAULT_STRATEGY, DSA, FAMILIES, DSAParams, dsa_strategy_for
+from diffdistill.augment.mixing import cutmix, random_resized_crop_flip
+
+__all__ = [
+    "DEFAULT_STRATEGY",
+    "DSA",
+    "FAMILIES",
+    "DSAParams",
+    "cutmix",
+    "dsa_strategy_for",
+    "random_resized_crop_flip",
+]

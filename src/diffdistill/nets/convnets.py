@@ -1,0 +1,119 @@
+"""Plain conv stacks: ConvNet (DC/DSA/MTT/GLaD), AlexNet and VGG11 (GLaD's evaluation pool)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from diffdistill.nets.base import Classifier, make_norm
+
+
+@dataclass(frozen=True)
+class ConvNetConfig:
+    depth: int = 3
+    width: int = 128
+    norm: str = "instance"
+
+
+class ConvNet(Classifier):
+    """depth × [conv3×3 pad 1 → norm → ReLU → AvgPool 2], then a linear head on the flattened map."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int, config: ConvNetConfig) -> None:
+        super().__init__()
+        side = image_size // 2**config.depth
+        if side < 1:
+            raise ValueError(
+                f"ConvNet of depth {config.depth} halves the image {config.depth} times and needs "
+                f"image_size >= {2**config.depth}, got {image_size}; use a smaller depth"
+            )
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for _ in range(config.depth):
+            layers += [
+                nn.Conv2d(channels, config.width, kernel_size=3, padding=1),
+                make_norm(config.norm, config.width),
+                nn.ReLU(inplace=True),
+                nn.AvgPool2d(kernel_size=2, stride=2),
+            ]
+            channels = config.width
+        self.body = nn.Sequential(*layers)
+        self.feature_dim = config.width * side * side
+        self.head = nn.Linear(self.feature_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).flatten(1)
+
+
+class AlexNet(Classifier):
+    """GLaD's AlexNet: conv5×5 128 → pool → conv5×5 192 → pool → conv3×3 256,192,192 → pool → linear; no norm.
+
+    GLaD pads the first conv by 4 for 1-channel (MNIST 28 → 32) input; here it is always
+    2 and the head size follows the resolution (floor(size / 8)² · 192). `width` (128)
+    scales every layer: channels w, 1.5w, 2w, 1.5w, 1.5w.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int, width: int = 128) -> None:
+        super().__init__()
+        if image_size < 8:
+            raise ValueError(f"AlexNet pools three times and needs image_size >= 8, got {image_size}")
+        c1, c2, c3 = width, width * 3 // 2, width * 2
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, c1, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c2, c3, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c3, c2, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c2, c2, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+        side = image_size // 8
+        self.feature_dim = c2 * side * side
+        self.head = nn.Linear(self.feature_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).flatten(1)
+
+
+VGG11_LAYOUT = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+class VGG11(Classifier):
+    """VGG11 with conv3×3 → norm → ReLU blocks (`instance` as in GLaD, or real `batch` norm).
+
+    A max-pool is skipped once the map is 1×1, so the net runs from 8 px up; the final
+    map is adaptively max-pooled to at most 7×7 (GLaD pools to exactly 7×7, which only
+    replicates cells below 224 px) and flattened into a single linear head. `width` (64)
+    scales every layer (w, 2w, 4w, 4w, 8w, ...).
+    """
+
+    def __init__(
+        self, in_channels: int, num_classes: int, image_size: int, norm: str = "instance", width: int = 64
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels, side = in_channels, image_size
+        for item in VGG11_LAYOUT:
+            if item == "M":
+                if side >= 2:
+                    layers.append(nn.MaxPool2d(2))
+                    side //= 2
+                continue
+            out = int(item) * width // 64
+            layers += [nn.Conv2d(channels, out, kernel_size=3, padding=1), make_norm(norm, out), nn.ReLU(inplace=True)]
+            channels = out
+        pooled = min(side, 7)
+        layers.append(nn.AdaptiveMaxPool2d(pooled))
+        self.body = nn.Sequential(*layers)
+        self.feature_dim = channels * pooled * pooled
+        self.head = nn.Linear(self.feature_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).flatten(1)
