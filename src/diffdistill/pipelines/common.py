@@ -77,3 +77,39 @@ def classifier_from_bundle(bundle: Any, device: str = "cpu") -> Any:
 def bind(func: Any, **kwargs: Any) -> Any:
     """functools.partial that keeps the function's name and docs (Kedro and kedro-viz show them)."""
     return update_wrapper(partial(func, **kwargs), func)
+
+
+def module_fingerprint(module: Any) -> str:
+    """sha256 (16 hex) over a module's state: identifies the exact prior an artifact was made with."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def require_same_prior(bundle: Any, prior_fingerprint: str, name: str) -> None:
+    """Refuse an artifact made with another prior than the one loaded now (lineage check)."""
+    made_with = bundle.meta.get("prior_fingerprint")
+    if made_with != prior_fingerprint:
+        raise ValueError(
+            f"{name} was made with prior {made_with} but the loaded prior_model is {prior_fingerprint}; "
+            f"re-run the pipeline that produces {name} with this prior, or pin the matching versions with "
+            "--load-versions (see `kedro lineage show " + name + "`)")
+
+
+def scratch_dir(kind: str, *keys: Any) -> Path:
+    """Resumable work state (training checkpoints) keyed by what determines the result.
+
+    Not a catalog artifact: it only lets a killed run resume; finished runs delete it.
+    """
+    import hashlib
+    import json
+
+    key = hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path("data") / "checkpoints" / kind / key

@@ -1,0 +1,624 @@
+"""LD3M (Moser et al.): distill per-image latents Z and conditions c through a frozen latent
+diffusion prior with the residual sampler (Eq. 12), plus the paper's ablation spaces.
+
+Spaces (what is learnable, and what turns it into images):
+- `latent`:         Z and c, residual sampler (config.sampler.variant) + decoder  (LD3M)
+- `no_residual`:    Z and c, plain DDIM (variant "none") + decoder                (Table 7, row 2)
+- `condition_only`: c only (Z fixed at its init), plain DDIM + decoder            (Table 7, row 1)
+- `decoder_only`:   Z only, decoder without diffusion                             (Table 6, "w/o diffusion")
+- `pixel`:          the images themselves                                         (classic DC / DM / MTT)
+
+Each iteration: generate every synthetic image without a graph, compute the objective on the
+detached images, then regenerate chunk by chunk with grad (every denoiser call checkpointed) and
+push dL/dX into Z and c (`diffusion.residual.generate_and_backprop`); SGD with momentum 0.5.
+Randomness: the init (real picks, stored sampler noise) comes from one generator of `seed`, and
+iteration i draws from its own generator derived from (seed, i), so a resumed run replays the
+uninterrupted one byte for byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from diffdistill.data.bundle import TensorBundle, to_signed, to_unit
+from diffdistill.diffusion.residual import (
+    VARIANTS,
+    ResidualNoise,
+    generate_and_backprop,
+    generate_images,
+    residual_ddim_sample,
+    residual_schedule,
+)
+from diffdistill.distill.objectives import (
+    Augment,
+    DCConfig,
+    DistributionMatching,
+    DMConfig,
+    GradientMatching,
+    MTTConfig,
+    NetFactory,
+    RealImages,
+    TrajectoryMatching,
+    default_net_factory,
+    derive_seed,
+)
+
+OBJECTIVES = ("dc", "dm", "mtt")
+BACKPROP_MODES = ("replay", "checkpoint", "plain")
+SPACES = ("latent", "pixel", "decoder_only", "condition_only", "no_residual")
+# Paper A.3 (latents and conditions), and the classic pixel-space learning rates
+# (DC/DSA lr_img 0.1, DM 1 on CIFAR, MTT 1000 on ImageNet subsets).
+LATENT_LR = {"dc": 1e-3, "dm": 1e-2, "mtt": 10.0}
+PIXEL_LR = {"dc": 0.1, "dm": 1.0, "mtt": 1000.0}
+CHECKPOINT_FILE = "ld3m_checkpoint.safetensors"
+_INIT_STREAM = 2**40  # seed stream of the init generator, far from the iteration streams 0, 1, 2, ...
+
+
+@dataclass(frozen=True)
+class SpaceSpec:
+    learn_latents: bool
+    learn_conditions: bool
+    diffusion: bool
+    variant: str | None  # None: config.sampler.variant
+
+
+SPACE_SPECS = {
+    "latent": SpaceSpec(True, True, True, None),
+    "no_residual": SpaceSpec(True, True, True, "none"),
+    "condition_only": SpaceSpec(False, True, True, "none"),
+    "decoder_only": SpaceSpec(True, False, False, None),
+}
+
+
+@dataclass
+class SamplerConfig:
+    num_steps: int = 10  # T (paper: 10 at 128 px, 20 at 256 px)
+    guidance: float = 3.0
+    eta: float = 0.0
+    variant: str = "paper"
+    # How pass 2 back-propagates through the T steps: "replay" (pass 1 keeps each step's output
+    # latent, backward recomputes one step at a time), "checkpoint" (torch.utils.checkpoint around
+    # every step, the chain runs forward again: the reference scheme), "plain" (whole graph kept).
+    backprop: str = "replay"
+    chunk_size: int = 10  # images regenerated with a graph at once (GLaD's sg_batch)
+
+
+@dataclass
+class LD3MConfig:
+    objective: str = "dc"
+    space: str = "latent"
+    ipc: int = 1
+    iterations: int = 1000
+    lr: float | None = None  # None: LATENT_LR / PIXEL_LR of the objective
+    momentum: float = 0.5
+    init: str = "real"  # "real": encode a random real image of the class; "noise"
+    seed: int = 0
+    checkpoint_every: int = 100
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"  # "none" disables DSA
+    device: str = "cpu"
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    dc: DCConfig = field(default_factory=DCConfig)
+    dm: DMConfig = field(default_factory=DMConfig)
+    mtt: MTTConfig = field(default_factory=MTTConfig)
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> LD3MConfig:
+        """From a (Kedro parameters) dict; nested sections may be partial; unknown keys are errors."""
+        nested = {"sampler": SamplerConfig, "dc": DCConfig, "dm": DMConfig, "mtt": MTTConfig}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"unknown ld3m config keys {unknown}; known keys: {sorted(known)}")
+        kwargs = {}
+        for key, value in params.items():
+            if key in nested and isinstance(value, dict):
+                sub_known = {f.name for f in dataclasses.fields(nested[key])}
+                if set(value) - sub_known:
+                    raise ValueError(
+                        f"unknown ld3m.{key} keys {sorted(set(value) - sub_known)}; known: {sorted(sub_known)}"
+                    )
+                value = nested[key](**value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return float(self.lr)
+        return (PIXEL_LR if self.space == "pixel" else LATENT_LR)[self.objective]
+
+    def validate(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}, got {self.space!r}")
+        if self.init not in ("real", "noise"):
+            raise ValueError(f"init must be 'real' or 'noise', got {self.init!r}")
+        if self.sampler.variant not in VARIANTS:
+            raise ValueError(f"sampler.variant must be one of {VARIANTS}, got {self.sampler.variant!r}")
+        if self.ipc < 1 or self.iterations < 0 or self.checkpoint_every < 1:
+            raise ValueError("ipc and checkpoint_every must be >= 1 and iterations >= 0")
+        if self.sampler.num_steps < 1 or self.sampler.chunk_size < 1:
+            raise ValueError("sampler.num_steps and sampler.chunk_size must be >= 1")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.learning_rate() <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+class DivergenceError(RuntimeError):
+    """The loss or the learnable tensors became NaN/inf; the message names iteration and learning rate."""
+
+
+# --- learnable state ---
+
+
+@dataclass
+class LD3MState:
+    """Everything a distillation run learns or must keep fixed to regenerate its images."""
+
+    labels: torch.Tensor  # (N,) int64
+    latents: torch.Tensor | None = None  # Z (N, C, h, w)
+    conditions: torch.Tensor | None = None  # c (N, D)
+    images: torch.Tensor | None = None  # pixel space: (N, C, H, W) in [0, 1] (unclamped while learning)
+    noise: ResidualNoise | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # objective-owned, e.g. MTT syn_lr
+    momentum: dict[str, torch.Tensor] = field(default_factory=dict)
+    step: int = 0
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"labels": self.labels}
+        for name in ("latents", "conditions", "images"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.noise is not None:
+            out.update(self.noise.tensors())
+        out.update({f"extra.{k}": v for k, v in self.extras.items()})
+        out.update({f"momentum.{k}": v for k, v in self.momentum.items()})
+        return {k: v.detach().cpu().contiguous().clone() for k, v in out.items()}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], step: int) -> LD3MState:
+        noise = ResidualNoise.from_tensors(tensors) if "noise.start" in tensors else None
+        return cls(
+            labels=tensors["labels"],
+            latents=tensors.get("latents"),
+            conditions=tensors.get("conditions"),
+            images=tensors.get("images"),
+            noise=noise,
+            extras={k[6:]: v for k, v in tensors.items() if k.startswith("extra.")},
+            momentum={k[9:]: v for k, v in tensors.items() if k.startswith("momentum.")},
+            step=step,
+        )
+
+    def to(self, device: torch.device | str) -> LD3MState:
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return dataclasses.replace(
+            self,
+            labels=self.labels.to(device),
+            latents=move(self.latents),
+            conditions=move(self.conditions),
+            images=move(self.images),
+            noise=None if self.noise is None else self.noise.to(device),
+            extras={k: v.to(device) for k, v in self.extras.items()},
+            momentum={k: v.to(device) for k, v in self.momentum.items()},
+        )
+
+    def learnable(self, space: str) -> dict[str, torch.Tensor]:
+        if space == "pixel":
+            return {"images": self.images}
+        spec = SPACE_SPECS[space]
+        out = {}
+        if spec.learn_latents:
+            out["latents"] = self.latents
+        if spec.learn_conditions:
+            out["conditions"] = self.conditions
+        return out
+
+
+def init_state(real: RealImages, prior, config: LD3MConfig) -> LD3MState:
+    """Labels class-major; Z by encoding one seeded random real image per slot (or N(0, 1));
+    c = prior.condition(class); the sampler's noise drawn once."""
+    generator = torch.Generator().manual_seed(derive_seed(config.seed, _INIT_STREAM))
+    device = torch.device(config.device)
+    labels = torch.arange(real.num_classes).repeat_interleave(config.ipc)
+    picks = None
+    if config.init == "real":
+        chosen = []
+        for label, pool in enumerate(real.by_class):
+            if pool.shape[0] < config.ipc:
+                raise ValueError(f"class {label} has {pool.shape[0]} real images, fewer than ipc={config.ipc}")
+            chosen.append(to_unit(pool[torch.randperm(pool.shape[0], generator=generator)[: config.ipc]]))
+        picks = torch.cat(chosen)
+    if config.space == "pixel":
+        if picks is None:
+            shape = (labels.shape[0], *real.image_shape)
+            picks = real.mean.view(1, -1, 1, 1) + real.std.view(1, -1, 1, 1) * torch.randn(shape, generator=generator)
+        return LD3MState(labels=labels, images=picks).to(device)
+    spec = SPACE_SPECS[config.space]
+    if picks is None:
+        latents = torch.randn((labels.shape[0], *prior.latent_shape), generator=generator).to(device)
+    else:
+        latents = _encode(prior, picks.to(device), config.sampler.chunk_size)
+    state = LD3MState(labels=labels.to(device), latents=latents)
+    if spec.diffusion:
+        with torch.no_grad():
+            state.conditions = prior.condition(state.labels).detach().clone().float()
+        state.noise = ResidualNoise.draw(
+            labels.shape[0],
+            tuple(prior.latent_shape),
+            num_steps=config.sampler.num_steps,
+            eta=config.sampler.eta,
+            generator=generator,
+            device=device,
+        )
+    return state
+
+
+def _encode(prior, images_unit: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Encode at the prior's native resolution (lesson: never run the LDM off its latent size)."""
+    size = prior.image_size
+    with torch.no_grad():
+        out = []
+        for batch in images_unit.split(chunk_size):
+            if batch.shape[-2:] != (size, size):
+                batch = F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            out.append(prior.encode(to_signed(batch), sample=False))
+    return torch.cat(out).detach().clone()
+
+
+# --- images from the state ---
+
+
+class Synthesizer:
+    """state[index] -> synthetic images in [0, 1] at the real images' size (B, C, H, W).
+
+    With backprop "replay", a graph-free call records each step's latents for its chunk and the
+    next call with grad (pass 2) replays them; `mismatches` gathers the replayed steps'
+    recomputation errors (all 0 when generation is deterministic)."""
+
+    def __init__(self, prior, state: LD3MState, config: LD3MConfig, image_shape: tuple[int, int, int]) -> None:
+        self.prior, self.state, self.config, self.image_shape = prior, state, config, image_shape
+        self.space = config.space
+        self.schedule = None
+        self.trajectories: dict[tuple[int, int], tuple[tuple[int, int], list[torch.Tensor]]] = {}
+        self.mismatches: list[torch.Tensor] = []
+        if self.space != "pixel":
+            spec = SPACE_SPECS[self.space]
+            self.variant = spec.variant or config.sampler.variant
+            if spec.diffusion:
+                self.schedule = residual_schedule(prior, config.sampler.num_steps, config.sampler.eta)
+
+    def _versions(self) -> tuple[int, int]:
+        """In-place updates bump these: recorded trajectories of older values are never replayed."""
+        return self.state.latents._version, self.state.conditions._version
+
+    def _sample(self, index: slice) -> torch.Tensor:
+        state, sampler = self.state, self.config.sampler
+        kwargs = {"checkpoint": sampler.backprop == "checkpoint"}
+        if sampler.backprop == "replay":
+            key = (index.start, index.stop)
+            if not torch.is_grad_enabled():
+                kwargs["record"] = []
+                self.trajectories[key] = (self._versions(), kwargs["record"])
+            elif key in self.trajectories and self.trajectories[key][0] == self._versions():
+                kwargs.update(replay=self.trajectories.pop(key)[1], mismatches=self.mismatches)
+            else:  # nothing recorded for these values: fall back to checkpointing
+                kwargs["checkpoint"] = True
+        return residual_ddim_sample(
+            self.prior,
+            state.latents[index],
+            state.conditions[index],
+            state.noise[index],
+            num_steps=sampler.num_steps,
+            guidance=sampler.guidance,
+            eta=sampler.eta,
+            variant=self.variant,
+            schedule=self.schedule,
+            **kwargs,
+        )
+
+    def __call__(self, index: slice) -> torch.Tensor:
+        if self.space == "pixel":
+            return self.state.images[index]
+        z = self._sample(index) if self.schedule is not None else self.state.latents[index]
+        images = ((self.prior.decode(z) + 1.0) * 0.5).clamp(0.0, 1.0)
+        height, width = self.image_shape[1:]
+        if images.shape[-2:] != (height, width):
+            images = F.interpolate(images, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+        return images
+
+    def pop_mismatch(self) -> float:
+        """Largest replay recomputation error since the last call (0.0 if nothing was replayed)."""
+        worst = max((float(m) for m in self.mismatches), default=0.0)
+        self.mismatches.clear()
+        return worst
+
+
+# --- checkpoints ---
+
+
+def save_checkpoint(directory: str | Path, state: LD3MState, config: LD3MConfig) -> Path:
+    """One safetensors file (tensors + JSON header), written to a temporary name and renamed into place,
+    plus a readable JSON sidecar written the same way."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    info = {"format": 1, "step": state.step, "config": config.to_dict()}
+    path = directory / CHECKPOINT_FILE
+    tmp = directory / f".{CHECKPOINT_FILE}.partial"
+    save_file(state.tensors(), str(tmp), metadata={"ld3m": json.dumps(info, sort_keys=True)})
+    os.replace(tmp, path)
+    sidecar_tmp = directory / ".ld3m_checkpoint.json.partial"
+    sidecar_tmp.write_text(json.dumps(info, indent=2, sort_keys=True))
+    os.replace(sidecar_tmp, directory / "ld3m_checkpoint.json")
+    return path
+
+
+def load_checkpoint(directory: str | Path) -> tuple[LD3MState, dict[str, Any]] | None:
+    """(state, info) from `directory`, or None when it holds no checkpoint."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(directory) / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        info = json.loads(handle.metadata()["ld3m"])
+    return LD3MState.from_tensors(load_file(str(path)), step=int(info["step"])), info
+
+
+def _check_resumable(saved: dict[str, Any], config: LD3MConfig) -> None:
+    """A checkpoint may continue with more iterations, another checkpoint cadence, device or learning
+    rate (lower it after a divergence); nothing else."""
+    free = {"iterations", "checkpoint_every", "device", "lr"}
+    current = config.to_dict()
+    changed = sorted(k for k in current if k not in free and saved.get(k) != current[k])
+    if changed:
+        raise ValueError(
+            f"checkpoint_dir holds a run with different settings for {changed}; use a fresh checkpoint_dir "
+            "or the saved settings"
+        )
+
+
+# --- the loop ---
+
+
+@dataclass
+class LD3MResult:
+    images: TensorBundle  # the distilled set: images float32 [0, 1], labels, meta
+    state: TensorBundle  # Z, c, labels, stored noise, extras: everything that regenerates `images`
+
+
+def _build_objective(config, real, experts, net_factory, augment):
+    channels, size = real.image_shape[0], real.image_shape[-1]
+    section = getattr(config, config.objective)
+    factory = net_factory or default_net_factory(section.net, channels, real.num_classes, size)
+    device = torch.device(config.device)
+    if config.objective == "dc":
+        return GradientMatching(real, section, ipc=config.ipc, net_factory=factory, augment=augment, device=device)
+    if config.objective == "dm":
+        return DistributionMatching(real, section, net_factory=factory, augment=augment, device=device)
+    if experts is None:
+        raise ValueError("objective 'mtt' needs expert trajectories: pass experts=...")
+    return TrajectoryMatching(real, experts, section, net_factory=factory, augment=augment, device=device)
+
+
+def _peak_memory(device: torch.device) -> tuple[int, str]:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process_max_rss"
+
+
+@torch.no_grad()
+def _sgd_momentum(
+    params: dict[str, torch.Tensor], momentum: dict[str, torch.Tensor], lrs: dict[str, float], beta: float
+):
+    """torch.optim.SGD(momentum=beta, dampening=0) written out, so its buffers are plain saved tensors."""
+    for name, param in params.items():
+        grad = param.grad if param.grad is not None else torch.zeros_like(param)
+        buffer = momentum[name]
+        buffer.mul_(beta).add_(grad)
+        param.add_(buffer, alpha=-lrs[name])
+        param.grad = None
+
+
+def _freeze(prior) -> None:
+    """The prior stays frozen: no .grad ever lands in its weights."""
+    for module in vars(prior).values() if prior is not None else ():
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False)
+    if isinstance(prior, torch.nn.Module):
+        prior.requires_grad_(False)
+
+
+def distill_ld3m(
+    real: TensorBundle | Sequence[torch.Tensor],
+    prior,
+    config: LD3MConfig | dict[str, Any],
+    *,
+    experts: Sequence[torch.Tensor] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+    net_factory: NetFactory | None = None,
+    augment: Augment | None = None,
+    class_names: Sequence[str] | None = None,
+) -> LD3MResult:
+    """Run LD3M (or a pixel-space / ablation space) and return the distilled set and the learned state.
+
+    `real`: the real train split (TensorBundle) or one image tensor per class. `prior`: a
+    `LatentPrior` already on `config.device` (unused for space "pixel"). `experts`: MTT
+    trajectories (E × (epochs + 1, P)). `checkpoint_dir`: resume from / checkpoint to (every
+    `checkpoint_every` iterations and at the end). `on_step(metrics)` after each iteration.
+    `net_factory` / `augment` override the nets and DSA built from the config (tests).
+    """
+    config = LD3MConfig.from_dict(config) if isinstance(config, dict) else config
+    config.validate()
+    device = torch.device(config.device)
+    if isinstance(real, TensorBundle):
+        class_names = class_names or real.class_names
+        real = RealImages.from_bundle(real)
+    else:
+        real = RealImages.from_classes(real)
+    class_names = list(class_names or [str(k) for k in range(real.num_classes)])
+    if config.space != "pixel":
+        if prior is None:
+            raise ValueError(f"space {config.space!r} needs a prior; pass prior=... or use space='pixel'")
+        if prior.image_channels != real.image_shape[0]:
+            raise ValueError(
+                f"the prior makes {prior.image_channels}-channel images but the real images have "
+                f"{real.image_shape[0]} channels; use a prior trained on this dataset"
+            )
+        _freeze(prior)
+    if augment is None and config.dsa_strategy.lower() not in ("", "none"):
+        from diffdistill.augment import DSA
+
+        augment = DSA(config.dsa_strategy)
+
+    loaded = load_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    if loaded is not None:
+        _check_resumable(loaded[1]["config"], config)
+        state = loaded[0].to(device)
+        checkpoint_step = state.step
+    else:
+        state = init_state(real, prior, config)
+        checkpoint_step = None
+    objective = _build_objective(config, real, experts, net_factory, augment)
+
+    lr = config.learning_rate()
+    params = state.learnable(config.space)
+    lrs = dict.fromkeys(params, lr)
+    for name, (tensor, extra_lr) in objective.extra_parameters().items():
+        if name in state.extras:
+            with torch.no_grad():
+                tensor.copy_(state.extras[name])
+        state.extras[name] = tensor
+        params[f"extra.{name}"] = tensor
+        lrs[f"extra.{name}"] = extra_lr
+    for name, tensor in params.items():
+        tensor.requires_grad_(True)
+        state.momentum.setdefault(name, torch.zeros_like(tensor))
+
+    synthesize = Synthesizer(prior, state, config, real.image_shape)
+    num_samples, chunk = state.labels.shape[0], config.sampler.chunk_size
+
+    def diverged(iteration: int, what: str) -> DivergenceError:
+        where = (
+            f"last good checkpoint: {Path(checkpoint_dir) / CHECKPOINT_FILE} (saved after {checkpoint_step} iterations)"
+            if checkpoint_step is not None
+            else "no checkpoint was written yet"
+        )
+        return DivergenceError(
+            f"LD3M diverged at iteration {iteration} ({config.objective}, space {config.space}): {what} with "
+            f"learning rate lr={lr:g}; lower `lr` and resume. {where}"
+        )
+
+    for iteration in range(state.step, config.iterations):
+        generator = torch.Generator().manual_seed(derive_seed(config.seed, iteration))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        started = time.perf_counter()
+        losses, grad_norms, regen_errors = [], {name: [] for name in params}, []
+        rounds = objective.start_iteration(generator)
+        for round_index in range(rounds):
+            loss_fn = functools.partial(objective.loss, labels=state.labels, generator=generator)
+            if config.space == "pixel":
+                if round_index > 0:
+                    objective.prepare_round(state.images.detach(), state.labels, generator)
+                loss = loss_fn(state.images)
+                loss.backward()
+                loss = loss.detach()
+            else:
+                images = generate_images(synthesize, num_samples, chunk)
+                if round_index > 0:  # DC: the net trains on the set as it is after the last update
+                    objective.prepare_round(images, state.labels, generator)
+                loss, images, regenerated = generate_and_backprop(
+                    synthesize, num_samples, loss_fn, chunk_size=chunk, images=images
+                )
+                regen_errors.append(max(float((regenerated - images).abs().max()), synthesize.pop_mismatch()))
+            if not torch.isfinite(loss):
+                raise diverged(iteration, f"loss is {float(loss)}")
+            losses.append(float(loss))
+            for name, tensor in params.items():
+                grad = tensor.grad
+                grad_norms[name].append(0.0 if grad is None else float(grad.norm()))
+            _sgd_momentum(params, state.momentum, lrs, config.momentum)
+            bad = [name for name, tensor in params.items() if not torch.isfinite(tensor).all()]
+            if bad:
+                raise diverged(iteration, f"{bad} became non-finite after the update")
+        state.step = iteration + 1
+        if on_step is not None:
+            peak, kind = _peak_memory(device)
+            metrics = {
+                "iteration": iteration,
+                "loss": sum(losses) / len(losses),
+                "time_s": time.perf_counter() - started,
+                "peak_memory_bytes": peak,
+                "memory_kind": kind,
+                "lr": lr,
+                "rounds": rounds,
+            }
+            metrics.update({f"grad_norm_{name}": sum(v) / len(v) for name, v in grad_norms.items()})
+            if regen_errors:
+                metrics["regeneration_max_abs_diff"] = max(regen_errors)
+            metrics.update({name: float(t) for name, t in state.extras.items() if t.numel() == 1})
+            on_step(metrics)
+        if checkpoint_dir is not None and (
+            state.step % config.checkpoint_every == 0 or state.step == config.iterations
+        ):
+            save_checkpoint(checkpoint_dir, state, config)
+            checkpoint_step = state.step
+    return _result(state, synthesize, config, class_names, real)
+
+
+def _result(state: LD3MState, synthesize: Synthesizer, config: LD3MConfig, class_names, real) -> LD3MResult:
+    for tensor in state.learnable(config.space).values():
+        tensor.requires_grad_(False)
+    images = generate_images(synthesize, state.labels.shape[0], config.sampler.chunk_size).clamp(0.0, 1.0)
+    synthesize.trajectories.clear()
+    meta = {
+        "method": "ld3m" if config.space != "pixel" else config.objective,
+        "ipc": config.ipc,
+        "objective": config.objective,
+        "space": config.space,
+        "class_names": list(class_names),
+        "num_classes": real.num_classes,
+        "iterations": state.step,
+        "lr": config.learning_rate(),
+        "seed": config.seed,
+        "init": config.init,
+        "image_size": real.image_shape[-1],
+    }
+    if config.space != "pixel":
+        spec = SPACE_SPECS[config.space]
+        meta.update(
+            num_steps=config.sampler.num_steps if spec.diffusion else 0,
+            guidance=config.sampler.guidance,
+            eta=config.sampler.eta,
+            variant=(spec.variant or config.sampler.variant) if spec.diffusion else "decoder",
+        )
+    tensors = state.tensors()
+    state_bundle = TensorBundle(
+        {k: v for k, v in tensors.items() if not k.startswith("momentum.")},
+        {**meta, "config": config.to_dict(), "step": state.step},
+    )
+    bundle = TensorBundle(
+        {"images": images.detach().float().cpu().contiguous(), "labels": state.labels.cpu()},
+        meta,
+    )
+    return LD3MResult(images=bundle, state=state_bundle)

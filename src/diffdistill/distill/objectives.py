@@ -1,0 +1,414 @@
+"""Distillation objectives shared by pixel-space and latent (LD3M) distillation: DC, DM, MTT.
+
+Every objective sees synthetic images in [0, 1] (N, C, H, W) and normalises them with the real
+train split's per-channel mean/std, exactly like the real batches. Differentiable siamese
+augmentation (DSA) draws one parameter set per (class, round) and applies it to the real and the
+synthetic batch alike. All randomness comes from the generator handed to each call.
+
+An objective is driven per distillation iteration as
+    rounds = obj.start_iteration(g)                       # fresh random net, expert pick, ...
+    for r in range(rounds):
+        if r > 0: obj.prepare_round(images, labels, g)    # DC: train the net on the current syn set
+        loss = obj.loss(images, labels, g)                # differentiable in `images`
+and may own extra learnable tensors (`extra_parameters`, MTT's syn_lr).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from diffdistill.data.bundle import to_unit
+
+NetFactory = Callable[[torch.Generator], nn.Module]
+
+# DC/DSA's (outer_loop, inner_loop) per images-per-class (DatasetCondensation `get_loops`).
+DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+
+
+class Augment(Protocol):
+    def sample_params(self, batch_size: int, generator: torch.Generator, siamese: bool = ...) -> object: ...
+
+    def apply(self, x: torch.Tensor, params: object) -> torch.Tensor: ...
+
+
+def default_net_factory(name: str, in_channels: int, num_classes: int, image_size: int) -> NetFactory:
+    """Nets from the shared registry, initialised from the generator handed in."""
+    from diffdistill.nets import build_net
+
+    def make(generator: torch.Generator) -> nn.Module:
+        return build_net(name, in_channels, num_classes, image_size, generator=generator)
+
+    return make
+
+
+def derive_seed(seed: int, stream: int) -> int:
+    """A well-mixed 63-bit seed for sub-stream `stream` of `seed` (SplitMix64 finaliser): per-iteration
+    and per-expert generators that depend on nothing but (seed, index), so resuming reproduces them."""
+    x = (seed * 0x9E3779B97F4A7C15 + (stream + 1) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (x ^ (x >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+# --- real data ---
+
+
+@dataclass
+class RealImages:
+    """Real train images grouped by class (uint8 or float [0, 1]) and the split's per-channel mean/std."""
+
+    by_class: list[torch.Tensor]
+    mean: torch.Tensor  # (C,)
+    std: torch.Tensor  # (C,)
+
+    @classmethod
+    def from_classes(cls, by_class: Sequence[torch.Tensor]) -> RealImages:
+        by_class = list(by_class)
+        if not by_class or any(x.ndim != 4 or x.shape[0] == 0 for x in by_class):
+            raise ValueError("real images must be one non-empty (N, C, H, W) tensor per class")
+        total = torch.zeros(by_class[0].shape[1], dtype=torch.float64)
+        total_sq = torch.zeros_like(total)
+        count = 0
+        for x in by_class:
+            unit = to_unit(x).double()
+            total += unit.sum(dim=(0, 2, 3))
+            total_sq += unit.square().sum(dim=(0, 2, 3))
+            count += unit.numel() // unit.shape[1]
+        mean = total / count
+        std = (total_sq / count - mean.square()).clamp_min(1e-12).sqrt()
+        return cls(by_class, mean.float(), std.float())
+
+    @classmethod
+    def from_bundle(cls, bundle) -> RealImages:
+        """A real split `TensorBundle` (images uint8 N×C×H×W, labels int64)."""
+        num_classes = bundle.num_classes
+        labels = bundle.labels
+        return cls.from_classes([bundle.images[labels == k] for k in range(num_classes)])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.by_class)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.by_class[0].shape[1:])
+
+    def normalize(self, images_unit: torch.Tensor) -> torch.Tensor:
+        mean = self.mean.to(images_unit.device).view(1, -1, 1, 1)
+        std = self.std.to(images_unit.device).view(1, -1, 1, 1)
+        return (images_unit - mean) / std
+
+    def sample(self, label: int, count: int, generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
+        """`count` random images of class `label` (all of them if the class is smaller), normalised."""
+        pool = self.by_class[label]
+        index = torch.randperm(pool.shape[0], generator=generator)[:count]
+        return self.normalize(to_unit(pool[index]).to(device))
+
+
+def _augment_pair(augment: Augment | None, real: torch.Tensor, syn: torch.Tensor, generator: torch.Generator):
+    """Siamese DSA: one parameter draw for this (class, round), applied to both batches."""
+    if augment is None:
+        return real, syn
+    params = augment.sample_params(real.shape[0], generator, siamese=True)
+    return augment.apply(real, params), augment.apply(syn, params)
+
+
+def augment_per_sample(augment: Augment | None, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per-sample DSA, as used when training a net (DC inner loop, MTT student, experts)."""
+    if augment is None:
+        return x
+    return augment.apply(x, augment.sample_params(x.shape[0], generator, siamese=False))
+
+
+def _class_indices(labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
+    return [torch.nonzero(labels == k).flatten() for k in range(num_classes)]
+
+
+# --- DC: gradient matching ---
+
+
+def match_distance(grad_real: torch.Tensor, grad_syn: torch.Tensor) -> torch.Tensor:
+    """DC's layer distance: sum over output channels of (1 - cos) between the two gradients.
+
+    Conv / linear weights are flattened per output channel; 1-D tensors (biases, norm affines)
+    contribute 0, as in the reference `distance_wb`.
+    """
+    if grad_real.ndim == 1:
+        return grad_real.new_zeros(())
+    real = grad_real.reshape(grad_real.shape[0], -1)
+    syn = grad_syn.reshape(grad_syn.shape[0], -1)
+    cos = (real * syn).sum(-1) / (real.norm(dim=-1) * syn.norm(dim=-1) + 1e-6)
+    return (1.0 - cos).sum()
+
+
+@dataclass
+class DCConfig:
+    net: str = "convnet"
+    batch_real: int = 256
+    batch_train: int = 256  # minibatch of the inner-loop net update on synthetic data
+    lr_net: float = 0.01
+    outer_loop: int | None = None  # None: DC_LOOPS[ipc]
+    inner_loop: int | None = None
+
+    def loops(self, ipc: int) -> tuple[int, int]:
+        if self.outer_loop is not None and self.inner_loop is not None:
+            if self.outer_loop < 1 or self.inner_loop < 0:
+                raise ValueError("dc.outer_loop must be >= 1 and dc.inner_loop >= 0")
+            return self.outer_loop, self.inner_loop
+        if ipc not in DC_LOOPS:
+            raise ValueError(
+                f"DC has no loop table entry for ipc={ipc} (known: {sorted(DC_LOOPS)}); "
+                "set dc.outer_loop and dc.inner_loop"
+            )
+        return DC_LOOPS[ipc]
+
+
+class GradientMatching:
+    """DC/DSA: match the gradients a fresh random net gets from real and synthetic batches, per class."""
+
+    def __init__(
+        self,
+        real: RealImages,
+        config: DCConfig,
+        *,
+        ipc: int,
+        net_factory: NetFactory,
+        augment: Augment | None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.real, self.config, self.net_factory, self.augment, self.device = real, config, net_factory, augment, device
+        self.outer_loop, self.inner_loop = config.loops(ipc)
+        self.net: nn.Module | None = None
+
+    def extra_parameters(self) -> dict[str, tuple[torch.Tensor, float]]:
+        return {}
+
+    def start_iteration(self, generator: torch.Generator) -> int:
+        self.net = self.net_factory(generator).to(self.device).train()
+        _freeze_batchnorm(self.net, self.real, generator, self.device)
+        return self.outer_loop
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        syn_all = self.real.normalize(images)
+        total = images.new_zeros(())
+        for label, index in enumerate(_class_indices(labels, self.real.num_classes)):
+            if index.numel() == 0:
+                continue
+            real = self.real.sample(label, self.config.batch_real, generator, self.device)
+            real, syn = _augment_pair(self.augment, real, syn_all[index], generator)
+            grads_real = torch.autograd.grad(
+                F.cross_entropy(self.net(real), torch.full((real.shape[0],), label, device=real.device)), params
+            )
+            grads_syn = torch.autograd.grad(F.cross_entropy(self.net(syn), labels[index]), params, create_graph=True)
+            for g_real, g_syn in zip(grads_real, grads_syn, strict=True):
+                total = total + match_distance(g_real.detach(), g_syn)
+        return total
+
+    def prepare_round(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> None:
+        """Between outer loops: `inner_loop` epochs of SGD on the (detached) synthetic set."""
+        optimizer = torch.optim.SGD(self.net.parameters(), lr=self.config.lr_net)
+        syn = self.real.normalize(images.detach())
+        for _ in range(self.inner_loop):
+            order = torch.randperm(syn.shape[0], generator=generator).to(syn.device)
+            for batch in order.split(self.config.batch_train):
+                x = augment_per_sample(self.augment, syn[batch], generator)
+                optimizer.zero_grad(set_to_none=True)
+                F.cross_entropy(self.net(x), labels[batch]).backward()
+                optimizer.step()
+
+
+def _freeze_batchnorm(net: nn.Module, real: RealImages, generator: torch.Generator, device) -> None:
+    """BN nets (reference DC): set running stats from 16 real images per class, then use them."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    batch = torch.cat([real.sample(k, 16, generator, device) for k in range(real.num_classes)])
+    with torch.no_grad():
+        net(batch)
+    for module in norms:
+        module.eval()
+
+
+# --- DM: distribution matching ---
+
+
+@dataclass
+class DMConfig:
+    net: str = "convnet"
+    batch_real: int = 256
+
+
+class DistributionMatching:
+    """DM: per class, squared distance between mean embeddings of real and synthetic batches
+    under a fresh, frozen random net; summed over classes."""
+
+    def __init__(
+        self,
+        real: RealImages,
+        config: DMConfig,
+        *,
+        net_factory: NetFactory,
+        augment: Augment | None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.real, self.config, self.net_factory, self.augment, self.device = real, config, net_factory, augment, device
+        self.net: nn.Module | None = None
+
+    def extra_parameters(self) -> dict[str, tuple[torch.Tensor, float]]:
+        return {}
+
+    def start_iteration(self, generator: torch.Generator) -> int:
+        self.net = self.net_factory(generator).to(self.device).train()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        return 1
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        syn_all = self.real.normalize(images)
+        total = images.new_zeros(())
+        for label, index in enumerate(_class_indices(labels, self.real.num_classes)):
+            if index.numel() == 0:
+                continue
+            real = self.real.sample(label, self.config.batch_real, generator, self.device)
+            real, syn = _augment_pair(self.augment, real, syn_all[index], generator)
+            gap = self.net.features(real).mean(0) - self.net.features(syn).mean(0)
+            total = total + gap.square().sum()
+        return total
+
+    def prepare_round(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> None:
+        return None
+
+
+# --- MTT: trajectory matching ---
+
+
+def flatten_parameters(net: nn.Module) -> torch.Tensor:
+    """All parameters, in `named_parameters` order, as one flat vector (the expert snapshot format)."""
+    return torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+
+
+def unflatten_parameters(net: nn.Module, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Views of `flat` shaped like `net`'s parameters, keyed for `functional_call`."""
+    size = sum(p.numel() for p in net.parameters())
+    if flat.numel() != size:
+        raise ValueError(f"flat parameter vector has {flat.numel()} entries but the net has {size}")
+    out, offset = {}, 0
+    for name, p in net.named_parameters():
+        out[name] = flat[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return out
+
+
+def unroll_student(
+    net: nn.Module,
+    start: torch.Tensor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    syn_lr: torch.Tensor,
+    syn_steps: int,
+    batch_syn: int,
+    augment: Augment | None,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """`syn_steps` SGD steps (lr = syn_lr) of `net`'s architecture from flat params `start` on
+    minibatches of (already normalised) `images`, keeping the graph (create_graph) so the final
+    params are differentiable in images and syn_lr. Minibatches walk a random permutation and
+    redraw it when exhausted, as MTT does."""
+    theta = start.detach().clone().requires_grad_(True)
+    order: list[torch.Tensor] = []
+    for _ in range(syn_steps):
+        if not order:
+            order = list(torch.randperm(images.shape[0], generator=generator).to(images.device).split(batch_syn))
+        batch = order.pop(0)
+        x = augment_per_sample(augment, images[batch], generator)
+        logits = functional_call(net, unflatten_parameters(net, theta), (x,))
+        grad = torch.autograd.grad(F.cross_entropy(logits, labels[batch]), theta, create_graph=True)[0]
+        theta = theta - syn_lr * grad
+    return theta
+
+
+@dataclass
+class MTTConfig:
+    net: str = "convnet"
+    expert_epochs: int = 3  # M: target = start + M
+    max_start_epoch: int = 5  # start epoch drawn from [0, max_start_epoch)
+    syn_steps: int = 20  # N student steps
+    batch_syn: int | None = None  # None: the whole synthetic set per step
+    lr_teacher: float = 0.01  # initial syn_lr
+    lr_lr: float = 1e-6  # learning rate of syn_lr
+
+
+class TrajectoryMatching:
+    """MTT: N student steps on synthetic data from expert epoch t should land near expert epoch t + M.
+    loss = ||theta_N - theta*_{t+M}||^2 / ||theta*_t - theta*_{t+M}||^2; syn_lr is learnable."""
+
+    def __init__(
+        self,
+        real: RealImages,
+        experts: Sequence[torch.Tensor] | torch.Tensor,
+        config: MTTConfig,
+        *,
+        net_factory: NetFactory,
+        augment: Augment | None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.real, self.config, self.augment, self.device = real, config, augment, device
+        self.experts = list(experts)
+        if not self.experts:
+            raise ValueError("MTT needs at least one expert trajectory (run the experts pipeline first)")
+        needed = config.max_start_epoch + config.expert_epochs
+        shortest = min(e.shape[0] for e in self.experts)
+        if config.max_start_epoch < 1 or config.expert_epochs < 1 or config.syn_steps < 1:
+            raise ValueError("mtt.max_start_epoch, mtt.expert_epochs and mtt.syn_steps must be >= 1")
+        if shortest < needed:
+            raise ValueError(
+                f"expert trajectories hold {shortest} snapshots but mtt.max_start_epoch + mtt.expert_epochs = "
+                f"{needed} are needed; train longer experts or lower those settings"
+            )
+        # Architecture template for functional calls; its own weights are never used.
+        self.net = net_factory(torch.Generator().manual_seed(0)).to(device).train()
+        size = sum(p.numel() for p in self.net.parameters())
+        if self.experts[0].shape[1] != size:
+            raise ValueError(
+                f"expert snapshots have {self.experts[0].shape[1]} parameters but mtt.net={config.net!r} has {size}; "
+                "use the net the experts were trained with"
+            )
+        self.syn_lr = torch.tensor(config.lr_teacher, device=device, requires_grad=True)
+        self.start_epoch, self.expert = 0, 0
+
+    def extra_parameters(self) -> dict[str, tuple[torch.Tensor, float]]:
+        return {"syn_lr": (self.syn_lr, self.config.lr_lr)}
+
+    def start_iteration(self, generator: torch.Generator) -> int:
+        self.expert = int(torch.randint(len(self.experts), (1,), generator=generator))
+        self.start_epoch = int(torch.randint(self.config.max_start_epoch, (1,), generator=generator))
+        return 1
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        trajectory = self.experts[self.expert]
+        start = trajectory[self.start_epoch].to(images.device)
+        target = trajectory[self.start_epoch + self.config.expert_epochs].to(images.device)
+        final = unroll_student(
+            self.net,
+            start,
+            self.real.normalize(images),
+            labels,
+            syn_lr=self.syn_lr,
+            syn_steps=self.config.syn_steps,
+            batch_syn=self.config.batch_syn or images.shape[0],
+            augment=self.augment,
+            generator=generator,
+        )
+        return (final - target).square().sum() / (start - target).square().sum()
+
+    def prepare_round(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> None:
+        return None

@@ -1,0 +1,519 @@
+"""Train a small latent prior here (AutoencoderKL + class-conditional UNet2DModel), or fine-tune one.
+
+Recipe (from ../shared/notes/probe_digits.md, variant B, tuned): a 16 px image maps to a
+4×4×4 latent; the VAE trains on MSE + L1 + a weak KL with posterior samples; latents are then
+standardised from data (shift = mean, scale = 1/std of the training posterior means); the
+denoiser is an eps-predicting UNet (~0.7 M params) under DDPM's 1000 linear betas, with the class
+condition fed as a learned label-table row (`class_embed_type="identity"`, last row = null),
+10 % label dropout for classifier-free guidance, AdamW, gradient clipping and EMA weights
+(the returned prior carries the EMA weights).
+
+Training is a resumable loop: with `checkpoint_dir`, each phase saves model, EMA, optimizer,
+step and generator state atomically every `checkpoint_every` steps and resumes to exactly the
+bytes of an uninterrupted run. Progress goes to `on_step(step, metrics)`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, UNet2DModel
+from torch import nn
+
+from diffdistill.data.bundle import from_signed
+from diffdistill.diffusion.ddim import ddim_sample
+from diffdistill.prior.adapter import LatentPrior, psnr_signed
+
+OnStep = Callable[[int, dict[str, float]], None]
+MODES = ("train", "fine_tune")
+
+
+@dataclass
+class AutoencoderConfig:
+    """AutoencoderKL shape: len(block_out_channels) - 1 halvings (16 px -> 4×4 with three blocks)."""
+
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    norm_num_groups: int = 16
+    latent_channels: int = 4
+    mid_block_attention: bool = False
+
+
+@dataclass
+class DenoiserConfig:
+    """Class-conditional UNet2DModel over the latent grid (condition width = 4 × first block)."""
+
+    block_out_channels: tuple[int, ...] = (32, 64)
+    layers_per_block: int = 1
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "AttnDownBlock2D")
+    up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "UpBlock2D")
+    attention_head_dim: int = 32
+    norm_num_groups: int = 32
+
+
+@dataclass
+class NoiseScheduleConfig:
+    num_train_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    beta_schedule: str = "linear"
+    timestep_spacing: str = "leading"
+
+
+@dataclass
+class AutoencoderTrainConfig:
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    l1_weight: float = 0.5
+    kl_weight: float = 1e-4  # times the KL per latent dimension
+    max_seconds: float | None = None  # optional wall-clock cap (breaks byte-reproducibility when hit)
+
+
+@dataclass
+class DenoiserTrainConfig:
+    steps: int = 750
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"  # "constant" or "cosine" (decays to 0 at `steps`)
+    label_dropout: float = 0.1
+    ema_decay: float = 0.995
+    max_seconds: float | None = None
+
+
+@dataclass
+class PriorTrainConfig:
+    """Every knob of the prior phase. `mode="fine_tune"` continues training a loaded prior's denoiser."""
+
+    mode: str = "train"
+    seed: int = 0
+    device: str = "cpu"
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
+    autoencoder_train: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
+    denoiser_train: DenoiserTrainConfig = field(default_factory=DenoiserTrainConfig)
+    center_latents: bool = True  # shift latents by their mean before scaling by 1/std
+    default_guidance: float = 3.0  # CFG scale recorded with the prior (class fidelity >= 80 % on digits)
+    checkpoint_every: int = 100
+    log_every: int = 10
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PriorTrainConfig:
+        """Build from nested plain dicts (Kedro parameters); unknown keys raise a ValueError."""
+        return _dataclass_from_dict(cls, values, "prior")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _dataclass_from_dict(cls: type, values: dict[str, Any], path: str) -> Any:
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must be a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {path} parameters {unknown}; known: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    defaults = cls()
+    for name, value in values.items():
+        current = getattr(defaults, name)
+        if is_dataclass(current):
+            kwargs[name] = _dataclass_from_dict(type(current), value, f"{path}.{name}")
+        elif isinstance(current, tuple):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def validate_config(config: PriorTrainConfig) -> None:
+    if config.mode not in MODES:
+        raise ValueError(f"mode={config.mode!r} must be one of {MODES}")
+    for name in ("autoencoder_train", "denoiser_train"):
+        phase = getattr(config, name)
+        if phase.steps < 0 or phase.batch_size < 1 or phase.lr <= 0:
+            raise ValueError(f"{name}: steps must be >= 0, batch_size >= 1 and lr > 0 (got {phase})")
+    if not 0.0 <= config.denoiser_train.label_dropout < 1.0:
+        raise ValueError("denoiser_train.label_dropout must be in [0, 1) (0.1 keeps guidance usable)")
+    if not 0.0 <= config.denoiser_train.ema_decay < 1.0:
+        raise ValueError("denoiser_train.ema_decay must be in [0, 1)")
+    if config.denoiser_train.lr_schedule not in ("constant", "cosine"):
+        raise ValueError("denoiser_train.lr_schedule must be 'constant' or 'cosine'")
+    if config.checkpoint_every < 1 or config.log_every < 1:
+        raise ValueError("checkpoint_every and log_every must be >= 1")
+
+
+# --------------------------------------------------------------------------- init
+@torch.no_grad()
+def init_weights_(module: nn.Module, generator: torch.Generator) -> None:
+    """Re-draw every parameter from `generator` with PyTorch's default init schemes.
+
+    diffusers models initialise from the global RNG; this makes a fresh model a pure function of
+    the seed. Raises if a parameter belongs to a layer type it does not know.
+    """
+    covered: set[int] = set()
+    for sub in module.modules():
+        if isinstance(sub, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_uniform_(sub.weight, a=math.sqrt(5), generator=generator)
+            if sub.bias is not None:
+                fan_in = sub.weight[0].numel()
+                nn.init.uniform_(sub.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in), generator=generator)
+        elif isinstance(sub, (nn.GroupNorm, nn.LayerNorm)):
+            if sub.weight is not None:
+                nn.init.ones_(sub.weight)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+        elif isinstance(sub, nn.Embedding):
+            nn.init.normal_(sub.weight, generator=generator)
+        else:
+            continue
+        covered.update(id(p) for p in sub.parameters(recurse=False))
+    missing = [name for name, p in module.named_parameters() if id(p) not in covered]
+    if missing:
+        raise ValueError(f"init_weights_ does not know the layers of parameters {missing[:5]}")
+
+
+def build_autoencoder(config: AutoencoderConfig, channels: int, image_size: int,
+                      generator: torch.Generator) -> AutoencoderKL:
+    blocks = len(config.block_out_channels)
+    factor = 2 ** (blocks - 1)
+    if image_size % factor:
+        raise ValueError(f"image_size={image_size} is not divisible by the autoencoder's factor {factor}; "
+                         "change autoencoder.block_out_channels or resize the data")
+    vae = AutoencoderKL(
+        in_channels=channels, out_channels=channels,
+        down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
+        block_out_channels=tuple(config.block_out_channels), layers_per_block=config.layers_per_block,
+        latent_channels=config.latent_channels, norm_num_groups=config.norm_num_groups,
+        sample_size=image_size, mid_block_add_attention=config.mid_block_attention,
+        scaling_factor=1.0, shift_factor=0.0)
+    init_weights_(vae, generator)
+    return vae
+
+
+def build_denoiser(config: DenoiserConfig, latent_channels: int, latent_size: int,
+                   generator: torch.Generator) -> UNet2DModel:
+    if len(config.down_block_types) != len(config.block_out_channels) or \
+            len(config.up_block_types) != len(config.block_out_channels):
+        raise ValueError("denoiser: down_block_types, up_block_types and block_out_channels must have equal length")
+    factor = 2 ** (len(config.block_out_channels) - 1)
+    if latent_size % factor:
+        raise ValueError(f"latent size {latent_size} is not divisible by the denoiser's factor {factor}; "
+                         "use fewer denoiser blocks")
+    unet = UNet2DModel(
+        sample_size=latent_size, in_channels=latent_channels, out_channels=latent_channels,
+        block_out_channels=tuple(config.block_out_channels), layers_per_block=config.layers_per_block,
+        down_block_types=tuple(config.down_block_types), up_block_types=tuple(config.up_block_types),
+        attention_head_dim=config.attention_head_dim, norm_num_groups=config.norm_num_groups,
+        class_embed_type="identity")
+    init_weights_(unet, generator)
+    return unet
+
+
+# --------------------------------------------------------------------------- resumable loop
+def _fingerprint(*parts: Any) -> str:
+    return json.dumps(parts, sort_keys=True, default=str)
+
+
+def _data_signature(tensor: torch.Tensor, chunk: int = 1024) -> list[Any]:
+    """Shape, sum and sum of squares (float64, in chunks so big datasets are not copied whole)."""
+    total = squares = 0.0
+    for start in range(0, tensor.shape[0], chunk):
+        part = tensor[start:start + chunk].detach().double()
+        total += float(part.sum())
+        squares += float(part.square().sum())
+    return [list(tensor.shape), round(total, 6), round(squares, 6)]
+
+
+def save_atomic(state: dict[str, Any], path: Path) -> None:
+    """Write with torch.save to a temporary file next to `path`, then os.replace it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Phase:
+    """One resumable optimisation loop: `step_fn(step) -> metrics` does a full update."""
+
+    name: str
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    total_steps: int
+    step_fn: Callable[[int], dict[str, float]]
+    fingerprint: str
+    ema_decay: float | None = None
+    max_seconds: float | None = None
+    ema: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def trainable(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.module.named_parameters() if p.requires_grad}
+
+    def state(self, step: int) -> dict[str, Any]:
+        return {"step": step, "fingerprint": self.fingerprint, "model": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                "ema": dict(self.ema)}
+
+    def load(self, state: dict[str, Any]) -> int:
+        if state.get("fingerprint") != self.fingerprint:
+            raise ValueError(f"checkpoint for phase {self.name!r} was written with other settings or data; "
+                             "use a fresh checkpoint_dir (or delete the old one)")
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.ema = {k: v.clone() for k, v in state["ema"].items()}
+        return int(state["step"])
+
+    @torch.no_grad()
+    def update_ema(self, step: int) -> None:
+        if self.ema_decay is None:
+            return
+        params = self.trainable()
+        if not self.ema:
+            self.ema = {n: p.detach().clone() for n, p in params.items()}
+            return
+        decay = min(self.ema_decay, (1 + step) / (10 + step))  # warm-up: early EMA follows the weights
+        for name, p in params.items():
+            self.ema[name].lerp_(p.detach(), 1.0 - decay)
+
+    @torch.no_grad()
+    def copy_ema_to_model(self) -> None:
+        params = self.trainable()
+        for name, value in self.ema.items():
+            params[name].copy_(value)
+
+
+def run_phase(phase: Phase, *, checkpoint_dir: str | Path | None, checkpoint_every: int,
+              log_every: int, on_step: OnStep | None) -> int:
+    """Run (or resume) `phase` to its last step; returns the number of steps done."""
+    path = Path(checkpoint_dir) / f"{phase.name}.pt" if checkpoint_dir is not None else None
+    step = 0
+    if path is not None and path.is_file():
+        step = phase.load(torch.load(path, map_location="cpu", weights_only=True))
+    phase.module.train()
+    started = time.monotonic()
+    while step < phase.total_steps:
+        metrics = phase.step_fn(step)
+        phase.update_ema(step)
+        step += 1
+        out_of_time = phase.max_seconds is not None and time.monotonic() - started > phase.max_seconds
+        if on_step is not None and (step % log_every == 0 or step == phase.total_steps or out_of_time):
+            on_step(step, {f"{phase.name}/{k}": v for k, v in metrics.items()})
+        if path is not None and (step % checkpoint_every == 0 or step == phase.total_steps or out_of_time):
+            save_atomic(phase.state(step), path)
+        if out_of_time:
+            break
+    phase.module.eval()
+    return step
+
+
+def _learning_rate(config: DenoiserTrainConfig, step: int) -> float:
+    lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
+    if config.lr_schedule == "cosine":
+        lr *= 0.5 * (1.0 + math.cos(math.pi * step / max(config.steps, 1)))
+    return lr
+
+
+# --------------------------------------------------------------------------- phases
+def train_autoencoder(images: torch.Tensor, config: PriorTrainConfig, *, checkpoint_dir: str | Path | None = None,
+                      on_step: OnStep | None = None) -> AutoencoderKL:
+    """Phase 1: an AutoencoderKL on [-1, 1] images (MSE + L1 + weak KL, posterior samples)."""
+    device = torch.device(config.device)
+    generator = torch.Generator().manual_seed(config.seed)
+    vae = build_autoencoder(config.autoencoder, images.shape[1], images.shape[-1], generator).to(device)
+    train = config.autoencoder_train
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    data = images.to(device)
+
+    def step_fn(step: int) -> dict[str, float]:
+        index = torch.randint(0, data.shape[0], (train.batch_size,), generator=generator)
+        x = data[index.to(device)]
+        posterior = vae.encode(x).latent_dist
+        noise = torch.randn(posterior.mean.shape, generator=generator).to(device)
+        z = posterior.mean + posterior.std * noise
+        recon = vae.decode(z).sample
+        mse = F.mse_loss(recon, x)
+        l1 = (recon - x).abs().mean()
+        kl = posterior.kl().mean() / z[0].numel()
+        loss = mse + train.l1_weight * l1 + train.kl_weight * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(vae.parameters(), train.grad_clip)
+        optimizer.step()
+        return {"loss": loss.item(), "mse": mse.item(), "kl_per_dim": kl.item()}
+
+    phase = Phase("autoencoder", vae, optimizer, generator, train.steps, step_fn,
+                  _fingerprint(asdict(config.autoencoder), asdict(train), config.seed, _data_signature(images)),
+                  max_seconds=train.max_seconds)
+    run_phase(phase, checkpoint_dir=checkpoint_dir, checkpoint_every=config.checkpoint_every,
+              log_every=config.log_every, on_step=on_step)
+    return vae
+
+
+@torch.no_grad()
+def encode_dataset(prior_or_vae: LatentPrior | AutoencoderKL, images: torch.Tensor,
+                   batch_size: int = 512) -> torch.Tensor:
+    """Latents of all images in batches (posterior mean; scaled when given a LatentPrior)."""
+    chunks = []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start:start + batch_size]
+        if isinstance(prior_or_vae, LatentPrior):
+            x = x.to(prior_or_vae.label_table.weight.device)
+            chunks.append(prior_or_vae.encode(x))
+        else:
+            chunks.append(prior_or_vae.encode(x.to(prior_or_vae.device)).latent_dist.mean)
+    return torch.cat(chunks)
+
+
+def standardise_latents(vae: AutoencoderKL, images: torch.Tensor, center: bool) -> None:
+    """Set the VAE's shift/scaling factors from data: shift = mean, scale = 1/std of the latents."""
+    latents = encode_dataset(vae, images).double()
+    shift = float(latents.mean()) if center else 0.0
+    std = float((latents - shift).pow(2).mean().sqrt()) if center else float(latents.std())
+    vae.register_to_config(scaling_factor=1.0 / std, shift_factor=shift)
+
+
+def train_denoiser(prior: LatentPrior, images: torch.Tensor, labels: torch.Tensor, config: PriorTrainConfig, *,
+                   checkpoint_dir: str | Path | None = None, on_step: OnStep | None = None) -> LatentPrior:
+    """Phase 2 (and fine-tuning): the prior's denoiser + label table on its own latents of `images`.
+
+    eps-MSE at uniform timesteps, label dropout to the null row, EMA weights copied in at the end.
+    """
+    device = torch.device(config.device)
+    prior.to(device)
+    train = config.denoiser_train
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    latents = encode_dataset(prior, images).to(device)
+    rows = prior.class_ids.to(device)[labels.to(device)]
+    null_row = prior.label_table.num_embeddings - 1
+    alphas = prior.alphas_cumprod.to(device)
+    module = nn.ModuleDict({"denoiser": prior.denoiser, "label_table": prior.label_table})
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=train.lr,
+                                  weight_decay=train.weight_decay)
+
+    def step_fn(step: int) -> dict[str, float]:
+        index = torch.randint(0, latents.shape[0], (train.batch_size,), generator=generator).to(device)
+        dropped = (torch.rand(train.batch_size, generator=generator) < train.label_dropout).to(device)
+        t = torch.randint(0, alphas.numel(), (train.batch_size,), generator=generator).to(device)
+        noise = torch.randn((train.batch_size, *latents.shape[1:]), generator=generator).to(device)
+        z0 = latents[index]
+        alpha = alphas[t].view(-1, 1, 1, 1)
+        z_t = alpha.sqrt() * z0 + (1 - alpha).sqrt() * noise
+        c = prior.label_table(torch.where(dropped, null_row, rows[index]))
+        loss = F.mse_loss(prior.denoise(z_t, t, c), noise)
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(train, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(module.parameters(), train.grad_clip)
+        optimizer.step()
+        return {"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}
+
+    phase = Phase("denoiser", module, optimizer, generator, train.steps, step_fn,
+                  _fingerprint(config.mode, asdict(config.denoiser), asdict(train), config.seed,
+                               _data_signature(latents), _data_signature(labels)),
+                  ema_decay=train.ema_decay, max_seconds=train.max_seconds)
+    run_phase(phase, checkpoint_dir=checkpoint_dir, checkpoint_every=config.checkpoint_every,
+              log_every=config.log_every, on_step=on_step)
+    if phase.ema:
+        phase.copy_ema_to_model()
+    prior.eval()
+    return prior
+
+
+def _check_training_data(images: torch.Tensor, labels: torch.Tensor) -> None:
+    if images.dim() != 4 or not images.is_floating_point():
+        raise ValueError(f"images must be float N×C×H×W in [-1, 1] (use to_signed(to_unit(x))), "
+                         f"got {images.dtype} shape {tuple(images.shape)}")
+    if images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"images must be square, got {tuple(images.shape[-2:])}")
+    low, high = float(images.min()), float(images.max())
+    if low < -1.001 or high > 1.001:
+        raise ValueError(f"images must lie in [-1, 1], got range [{low:.3f}, {high:.3f}]; use to_signed(to_unit(x))")
+    if labels.dim() != 1 or labels.shape[0] != images.shape[0] or labels.is_floating_point():
+        raise ValueError(f"labels must be int64 (N,) matching images, got {labels.dtype} {tuple(labels.shape)}")
+
+
+def train_prior(images: torch.Tensor, labels: torch.Tensor, config: PriorTrainConfig | None = None, *,
+                num_classes: int | None = None, class_names: list[str] | None = None,
+                prior: LatentPrior | None = None, checkpoint_dir: str | Path | None = None,
+                on_step: OnStep | None = None) -> LatentPrior:
+    """The prior phase: `mode="train"` trains VAE + denoiser from scratch; `"fine_tune"` continues `prior`."""
+    config = config or PriorTrainConfig()
+    validate_config(config)
+    _check_training_data(images, labels)
+    if config.mode == "fine_tune":
+        if prior is None:
+            raise ValueError("mode='fine_tune' needs prior= (a loaded LatentPrior to continue training)")
+        prior.check_dataset(num_classes=num_classes, image_size=images.shape[-1], channels=images.shape[1])
+        return train_denoiser(prior, images, labels, config, checkpoint_dir=checkpoint_dir, on_step=on_step)
+    if prior is not None:
+        raise ValueError("mode='train' builds a new prior; pass prior= only with mode='fine_tune'")
+    num_classes = int(num_classes if num_classes is not None else int(labels.max()) + 1)
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}")
+    vae = train_autoencoder(images, config, checkpoint_dir=checkpoint_dir, on_step=on_step)
+    standardise_latents(vae, images, config.center_latents)
+    generator = torch.Generator().manual_seed(config.seed + 2)
+    latent_size = images.shape[-1] // 2 ** (len(config.autoencoder.block_out_channels) - 1)
+    unet = build_denoiser(config.denoiser, config.autoencoder.latent_channels, latent_size, generator)
+    table = torch.randn(num_classes + 1, unet.time_embedding.linear_1.out_features, generator=generator)
+    schedule = dict(asdict(config.schedule), prediction_type="epsilon")
+    new_prior = LatentPrior(vae, unet, schedule, label_table=table, class_names=class_names,
+                            default_guidance=config.default_guidance)
+    return train_denoiser(new_prior, images, labels, config, checkpoint_dir=checkpoint_dir, on_step=on_step)
+
+
+# --------------------------------------------------------------------------- quality
+@torch.no_grad()
+def reconstruction_psnr(prior: LatentPrior, images: torch.Tensor, *, batch_size: int = 256) -> float:
+    """PSNR (dB, peak-to-peak 2) of decode(encode(x)) against x, decodes clamped to [-1, 1]."""
+    device = prior.label_table.weight.device
+    recon = torch.cat([prior.decode(prior.encode(images[s:s + batch_size].to(device))).clamp(-1, 1).cpu()
+                       for s in range(0, images.shape[0], batch_size)])
+    return psnr_signed(images.cpu(), recon)
+
+
+@torch.no_grad()
+def class_fidelity(prior: LatentPrior, classify_fn: Callable[[torch.Tensor], torch.Tensor],
+                   num_per_class: int = 50, guidance: float | None = None, num_steps: int = 50,
+                   generator: torch.Generator | None = None, *, batch_size: int = 500) -> dict[str, Any]:
+    """Accuracy of `classify_fn` on class-conditional samples from pure noise.
+
+    `classify_fn` gets decoded images in [0, 1] (N×C×H×W) and returns logits (N×K) or labels (N,).
+    Returns {"accuracy": float, "per_class": [float, ...]}.
+    """
+    if num_per_class < 1:
+        raise ValueError(f"num_per_class={num_per_class} must be >= 1")
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    guidance = prior.default_guidance if guidance is None else guidance
+    device = prior.label_table.weight.device
+    labels = torch.arange(prior.num_classes).repeat_interleave(num_per_class)
+    noise = torch.randn((labels.numel(), *prior.latent_shape), generator=generator, device=generator.device)
+    predictions = []
+    for start in range(0, labels.numel(), batch_size):
+        y = labels[start:start + batch_size].to(device)
+        z = ddim_sample(prior, noise[start:start + batch_size].to(device), prior.condition(y),
+                        num_steps=num_steps, guidance=guidance)
+        out = classify_fn(from_signed(prior.decode(z)))
+        predictions.append((out.argmax(dim=1) if out.dim() == 2 else out).cpu())
+    correct = (torch.cat(predictions) == labels).float()
+    per_class = correct.view(prior.num_classes, num_per_class).mean(dim=1)
+    return {"accuracy": float(correct.mean()), "per_class": per_class.tolist()}
