@@ -113,3 +113,12 @@ def scratch_dir(kind: str, *keys: Any) -> Path:
 
     key = hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path("data") / "checkpoints" / kind / key
+
+
+def real_split_meta(train_set: Any) -> dict[str, Any]:
+    """What every distilled set carries from the real split: classes, source, normalisation statistics."""
+    from diffdistill.evaluation import channel_stats
+
+    mean, std = channel_stats(train_set["images"])
+    return {"class_names": train_set.class_names, "num_classes": train_set.num_classes,
+            "source": train_set.meta.get("source"), "mean": mean.tolist(), "std": std.tolist()}

@@ -10,6 +10,13 @@ from typing import Any
 import torch
 
 from diffdistill.data.bundle import TensorBundle, to_signed, to_unit
+from diffdistill.pipelines.common import (
+    as_mlflow_history,
+    as_mlflow_metrics,
+    classifier_from_bundle,
+    module_fingerprint,
+    scratch_dir,
+)
 from diffdistill.prior import (
     LatentPrior,
     PriorTrainConfig,
@@ -19,13 +26,6 @@ from diffdistill.prior import (
     load_dit_folder,
     reconstruction_psnr,
     train_prior,
-)
-from diffdistill.pipelines.common import (
-    as_mlflow_history,
-    as_mlflow_metrics,
-    classifier_from_bundle,
-    module_fingerprint,
-    scratch_dir,
 )
 
 logger = logging.getLogger(__name__)
