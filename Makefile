@@ -1,5 +1,8 @@
 # Two set-up commands: `make run` and `make test`. Both create .venv on first use.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# pip prints one harmless "Location ... is ignored" line per local mirror entry; keep logs readable.
+QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -16,9 +19,9 @@ PYTEST_ARGS ?=
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1 -r requirements.txt
-	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1 $(QUIET_PIP)
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1 -r requirements.txt $(QUIET_PIP)
+	$(BIN)/pip install --quiet --no-deps -e . $(QUIET_PIP)
 	$(BIN)/pip check
 	touch $(STAMP)
 

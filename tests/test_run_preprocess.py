@@ -66,3 +66,13 @@ def test_load_versions_pins_an_older_input(project: Path) -> None:
     assert result.returncode == 0
     record = json.loads(sorted((project / "data" / "lineage").glob("*.json"))[-1].read_text())
     assert record["inputs"]["data_report"] == older
+
+
+def test_cifar10_environment_reads_the_shared_jpeg_copy(shared_data: Path, tmp_path: Path) -> None:
+    root = scratch_project(tmp_path)
+    kedro(root, "run", "--pipelines", "preprocess", "--env", "cifar10",
+          "--params", f"preprocess.root={shared_data / 'cifar10'},preprocess.max_per_class=20")
+    (version,) = versions(root, "data/03_primary/train_set.safetensors")
+    train = TensorBundleDataset(filepath=str(root / "data/03_primary/train_set.safetensors" / version
+                                             / "train_set.safetensors")).load()
+    assert train.images.shape == (200, 3, 32, 32) and train.meta["class_names"][0] == "airplane"

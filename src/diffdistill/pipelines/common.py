@@ -93,6 +93,26 @@ def module_fingerprint(module: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+def data_fingerprint(bundle: Any) -> str:
+    """sha256 (16 hex) over a split's images and labels: identifies the exact data an artifact was made from."""
+    import hashlib
+
+    digest = hashlib.sha256(bundle["images"].contiguous().numpy().tobytes())
+    digest.update(bundle["labels"].contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def bundle_fingerprint(bundle: Any) -> str:
+    """sha256 (16 hex) over every tensor of a bundle (names included)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(bundle.tensors):
+        digest.update(name.encode())
+        digest.update(bundle[name].contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def require_same_prior(bundle: Any, prior_fingerprint: str, name: str) -> None:
     """Refuse an artifact made with another prior than the one loaded now (lineage check)."""
     made_with = bundle.meta.get("prior_fingerprint")
@@ -122,3 +142,39 @@ def real_split_meta(train_set: Any) -> dict[str, Any]:
     mean, std = channel_stats(train_set["images"])
     return {"class_names": train_set.class_names, "num_classes": train_set.num_classes,
             "source": train_set.meta.get("source"), "mean": mean.tolist(), "std": std.tolist()}
+
+
+class ResumableResults:
+    """Finished units of a long node (one JSON file each, written atomically) so a killed run resumes.
+
+    `directory` comes from `scratch_dir(...)` keyed by everything that determines the results; the
+    node calls `clear()` once its outputs are returned to the catalog.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def _path(self, key: str) -> Path:
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in key)
+        return self.directory / f"{safe}.json"
+
+    def get(self, key: str) -> Any:
+        import json
+
+        path = self._path(key)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def put(self, key: str, value: Any) -> None:
+        import json
+        import os
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self._path(key)
+        tmp = path.with_name(f".{path.name}.partial")
+        tmp.write_text(json.dumps(value, sort_keys=True))
+        os.replace(tmp, path)
+
+    def clear(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -11,13 +11,16 @@ import torch
 from diffdistill.data.bundle import TensorBundle, from_signed
 from diffdistill.data.grid import image_grid
 from diffdistill.diffusion import ddim_sample
-from diffdistill.distill.d3hr import ClassGaussians, GroupSamplingConfig, sample_class_groups, stack_selections
+from diffdistill.distill.d3hr import ClassGaussians, GroupSamplingConfig, regenerate_group, sample_group
 from diffdistill.pipelines.common import (
+    ResumableResults,
     as_mlflow_metrics,
+    bundle_fingerprint,
     classifier_from_bundle,
     module_fingerprint,
     real_split_meta,
     require_same_prior,
+    scratch_dir,
 )
 from diffdistill.prior import LatentPrior
 
@@ -38,17 +41,29 @@ def select_groups(class_gaussians: TensorBundle, train_set: TensorBundle, params
                                  weights=tuple(float(w) for w in sampling["weights"]),
                                  chunk_size=int(sampling["chunk_size"]), factorised=factorised,
                                  seed=int(sampling["seed"]))
+    # Finished classes are kept as recipes (a few hundred bytes each): a killed run regenerates them
+    # bit for bit instead of searching again.
+    done = ResumableResults(scratch_dir("d3hr", ipc, factorised, sampling, bundle_fingerprint(class_gaussians)))
     start = time.perf_counter()
-    selections = sample_class_groups(gaussians, config)
+    chosen = []
+    for k in range(gaussians.num_classes):
+        entry = done.get(f"class{k}")
+        if entry is None:
+            selection = sample_group(*gaussians.class_params(k), config, class_index=k)
+            entry = {"recipe": selection.recipe, "score": selection.score, "terms": selection.terms}
+            done.put(f"class{k}", entry)
+        chosen.append(entry)
     seconds = time.perf_counter() - start
-    noise, labels = stack_selections(selections, class_gaussians.meta["sample_shape"])
+    shape = class_gaussians.meta["sample_shape"]
+    noise = torch.stack([regenerate_group(gaussians, e["recipe"]).reshape(ipc, *shape) for e in chosen]).flatten(0, 1)
+    labels = torch.arange(gaussians.num_classes).repeat_interleave(ipc)
     meta = {key: class_gaussians.meta[key] for key in ("prior_fingerprint", "num_steps", "invert_steps",
                                                         "invert_guidance", "start_step", "class_names")}
-    recipes = [s.recipe for s in selections]
     bundle = TensorBundle({"noise": noise, "labels": labels},
-                          {**meta, "ipc": ipc, "factorised": factorised, "recipes": recipes,
-                           "scores": [s.score for s in selections], "terms": [s.terms for s in selections]})
-    mean_score = sum(s.score for s in selections) / len(selections)
+                          {**meta, "ipc": ipc, "factorised": factorised, "recipes": [e["recipe"] for e in chosen],
+                           "scores": [e["score"] for e in chosen], "terms": [e["terms"] for e in chosen]})
+    done.clear()
+    mean_score = sum(e["score"] for e in chosen) / len(chosen)
     logger.info("d3hr ipc %d (%s): mean score %.4f, %.1f s", ipc, "factorised" if factorised else "paper",
                 mean_score, seconds)
     return bundle, as_mlflow_metrics({"mean_score": mean_score, "selection_seconds": seconds})

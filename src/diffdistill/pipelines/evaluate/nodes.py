@@ -8,7 +8,13 @@ from typing import Any
 
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.evaluation import channel_stats, get_protocol, train_and_evaluate
-from diffdistill.pipelines.common import as_mlflow_metrics, classifier_from_bundle
+from diffdistill.pipelines.common import (
+    ResumableResults,
+    as_mlflow_metrics,
+    classifier_from_bundle,
+    data_fingerprint,
+    scratch_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +50,8 @@ def evaluate_set(distilled_set: TensorBundle | None, train_set: TensorBundle, te
         return {"set": set_name, "status": "missing", "rows": [], "summary": {}}, {}
     protocol = _protocol(params, train_set, {})
     teacher = classifier_from_bundle(teacher_model, device) if protocol.loss == "soft_label" else None
-    rows = []
-    for arch in params["archs"]:
-        for seed in params["seeds"]:
-            result = train_and_evaluate(distilled_set, test_set, arch=arch, protocol=protocol, seed=int(seed),
-                                        device=device, teacher=teacher)
-            rows.append({"set": set_name, "arch": arch, "seed": int(seed), "test_accuracy": result["test_accuracy"],
-                         "epochs": result["epochs"], "protocol": result["protocol"]})
-            logger.info("%s %s seed %s: %.2f%%", set_name, arch, seed, 100 * result["test_accuracy"])
+    rows = _train_rows(set_name, distilled_set, test_set, params["archs"], params["seeds"], protocol, device,
+                       teacher=teacher, allow_unbalanced=False)
     summary = summarise_rows(rows, params["archs"], params["unseen_archs"])
     results = {"set": set_name, "status": "done", "meta": _set_meta(distilled_set), "protocol": protocol.to_dict(),
                "rows": rows, "summary": summary}
@@ -63,17 +63,34 @@ def evaluate_full_data(train_set: TensorBundle, test_set: TensorBundle, params: 
     """The upper bound: the same architectures trained on the whole real train split."""
     full = params["full_data"]
     protocol = _protocol(params, train_set, full.get("protocol_overrides", {}))
-    rows = []
-    for arch in params["archs"]:
-        for seed in full["seeds"]:
-            result = train_and_evaluate(train_set, test_set, arch=arch, protocol=protocol, seed=int(seed),
-                                        device=device, allow_unbalanced=True)
-            rows.append({"set": "full", "arch": arch, "seed": int(seed), "test_accuracy": result["test_accuracy"],
-                         "epochs": result["epochs"], "protocol": result["protocol"]})
+    rows = _train_rows("full", train_set, test_set, params["archs"], full["seeds"], protocol, device,
+                       teacher=None, allow_unbalanced=True)
     summary = summarise_rows(rows, params["archs"], params["unseen_archs"])
     meta = {"method": "full", "ipc": None, "num_images": len(train_set), "class_names": train_set.class_names}
     return ({"set": "full", "status": "done", "meta": meta, "protocol": protocol.to_dict(), "rows": rows,
              "summary": summary}, _summary_metrics(summary))
+
+
+def _train_rows(set_name: str, train: TensorBundle, test: TensorBundle, archs: list[str], seeds: list[int],
+                protocol, device: str, *, teacher, allow_unbalanced: bool) -> list[dict[str, Any]]:
+    """One from-scratch training per (arch, seed); finished rows survive a killed run and are reused."""
+    done = ResumableResults(scratch_dir("evaluate", set_name, protocol.to_dict(), data_fingerprint(train),
+                                        data_fingerprint(test), device))
+    rows = []
+    for arch in archs:
+        for seed in seeds:
+            key = f"{arch}-seed{int(seed)}"
+            row = done.get(key)
+            if row is None:
+                result = train_and_evaluate(train, test, arch=arch, protocol=protocol, seed=int(seed), device=device,
+                                            teacher=teacher, allow_unbalanced=allow_unbalanced)
+                row = {"set": set_name, "arch": arch, "seed": int(seed), "test_accuracy": result["test_accuracy"],
+                       "epochs": result["epochs"], "protocol": result["protocol"]}
+                done.put(key, row)
+            rows.append(row)
+            logger.info("%s %s seed %s: %.2f%%", set_name, arch, seed, 100 * row["test_accuracy"])
+    done.clear()
+    return rows
 
 
 def _set_meta(bundle: TensorBundle) -> dict[str, Any]:
