@@ -6,7 +6,13 @@ import torch
 from kedro.io.core import DatasetError, Version
 
 from diffdistill.data.bundle import TensorBundle
-from diffdistill.datasets import AtomicJSONDataset, DiffusersFolderDataset, ImageGridDataset, TensorBundleDataset
+from diffdistill.datasets import (
+    AtomicJSONDataset,
+    DiffusersFolderDataset,
+    ImageBundleDataset,
+    ImageGridDataset,
+    TensorBundleDataset,
+)
 
 
 def make_bundle() -> TensorBundle:
@@ -84,7 +90,9 @@ def test_missing_sidecar_is_a_clear_error(tmp_path: Path) -> None:
 def test_previews(tmp_path: Path) -> None:
     ds = TensorBundleDataset(filepath=str(tmp_path / "set.safetensors"))
     ds.save(make_bundle())
-    assert isinstance(ds.preview(), str) and len(ds.preview()) > 100  # base64 PNG
+    assert ds.preview()["columns"] == ["tensor", "shape", "dtype"]
+    image_ds = ImageBundleDataset(filepath=str(tmp_path / "set.safetensors"))
+    assert isinstance(image_ds.preview(), str) and len(image_ds.preview()) > 100  # base64 PNG
     grid = ImageGridDataset(filepath=str(tmp_path / "grid.png"))
     grid.save(torch.zeros(3, 10, 12, dtype=torch.uint8))
     assert grid.load().size == (12, 10)

@@ -3,6 +3,6 @@
 from diffdistill.datasets.atomic import AtomicJSONDataset, AtomicTextDataset
 from diffdistill.datasets.diffusers_folder import DiffusersFolderDataset
 from diffdistill.datasets.image_grid import ImageGridDataset
-from diffdistill.datasets.tensor_bundle import TensorBundleDataset
+from diffdistill.datasets.tensor_bundle import ImageBundleDataset, TensorBundleDataset
 
-__all__ = ["AtomicJSONDataset", "AtomicTextDataset", "DiffusersFolderDataset", "ImageGridDataset", "TensorBundleDataset"]
+__all__ = ["AtomicJSONDataset", "AtomicTextDataset", "DiffusersFolderDataset", "ImageBundleDataset", "ImageGridDataset", "TensorBundleDataset"]
