@@ -32,6 +32,13 @@ class RuntimeHook:
         for key, value in {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "true",
                            "MLFLOW_DISABLE_TELEMETRY": "true", "KEDRO_DISABLE_TELEMETRY": "1"}.items():
             os.environ.setdefault(key, value)
+        threads = context.params.get("torch_threads")
+        if threads is not None:
+            import torch
+
+            if not isinstance(threads, int) or threads < 1:
+                raise ValueError(f"parameter torch_threads={threads!r} must be null or an int >= 1")
+            torch.set_num_threads(threads)
 
 
 def git_state(project_path: Path) -> dict[str, Any]:

@@ -60,6 +60,9 @@ class DSA:
     contrast: float = 0.5
 
     def __post_init__(self) -> None:
+        if not isinstance(self.strategy, str):
+            raise ValueError(f"DSA strategy must be a string like {DEFAULT_STRATEGY!r} or 'none', "
+                             f"got {self.strategy!r}")
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown:
             raise ValueError(

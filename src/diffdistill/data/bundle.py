@@ -49,7 +49,11 @@ class TensorBundle:
     @property
     def num_classes(self) -> int:
         if "num_classes" in self.meta:
-            return int(self.meta["num_classes"])
+            value = self.meta["num_classes"]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TensorBundle meta num_classes={value!r} must be an int >= 1; the artifact's "
+                                 "metadata was edited or written by another version: re-create it")
+            return value
         if "class_names" in self.meta:
             return len(self.meta["class_names"])
         return int(self.labels.max().item()) + 1

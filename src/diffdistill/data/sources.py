@@ -91,11 +91,21 @@ class SourceConfig:
     def __post_init__(self) -> None:
         if self.name not in SOURCE_NAMES:
             raise ValueError(f"SourceConfig.name={self.name!r} is not a known source; use one of {list(SOURCE_NAMES)}")
-        self.allowed_image_sizes = tuple(int(s) for s in self.allowed_image_sizes)
+        if not isinstance(self.allowed_image_sizes, (list, tuple)) or any(
+            isinstance(s, bool) or not isinstance(s, int) for s in self.allowed_image_sizes
+        ):
+            raise ValueError(
+                f"SourceConfig.allowed_image_sizes={self.allowed_image_sizes!r} must be a list of ints (or empty)"
+            )
+        self.allowed_image_sizes = tuple(self.allowed_image_sizes)
+        if self.root is not None and not isinstance(self.root, (str, Path)):
+            raise ValueError(f"SourceConfig.root={self.root!r} must be a folder path (a string) or None")
+        if isinstance(self.test_size, bool) or not isinstance(self.test_size, (int, float)):
+            raise ValueError(f"SourceConfig.test_size={self.test_size!r} must be an int (images) or a float fraction")
         _check_int("image_size_multiple", self.image_size_multiple, minimum=1)
         _check_int("max_image_size", self.max_image_size, minimum=1)
         _check_image_size(self.resolved_image_size, self)
-        if self.channels not in (None, 1, 3):
+        if self.channels is not None and (type(self.channels) is not int or self.channels not in (1, 3)):
             raise ValueError(f"SourceConfig.channels={self.channels!r}: use 1 (grey), 3 (RGB) or None (native)")
         _check_int("seed", self.seed, minimum=0)
         _check_int("min_per_class", self.min_per_class, minimum=0)
@@ -108,7 +118,11 @@ class SourceConfig:
                 f"SourceConfig.max_per_class={self.max_per_class} is below min_per_class={self.min_per_class}; "
                 "raise max_per_class or lower min_per_class"
             )
-        if not 0.0 <= float(self.max_bad_fraction) < 1.0:
+        if (
+            isinstance(self.max_bad_fraction, bool)
+            or not isinstance(self.max_bad_fraction, (int, float))
+            or not 0.0 <= self.max_bad_fraction < 1.0
+        ):
             raise ValueError(f"SourceConfig.max_bad_fraction={self.max_bad_fraction!r} must be in [0, 1)")
         if self.test_split not in (None, "val", "test"):
             raise ValueError(f"SourceConfig.test_split={self.test_split!r}: use 'val', 'test' or None (auto)")
@@ -166,7 +180,7 @@ def _check_image_size(size: Any, config: SourceConfig) -> None:
 def _subset_classes(subset: str | None) -> list[tuple[str, int, str]]:
     from diffdistill.prior.imagenet_subsets import SUBSETS  # only this source needs it
 
-    if subset not in SUBSETS:
+    if not isinstance(subset, str) or subset not in SUBSETS:
         raise ValueError(f"SourceConfig.subset={subset!r} is not a known ImageNet subset; use one of {sorted(SUBSETS)}")
     return list(SUBSETS[subset])
 

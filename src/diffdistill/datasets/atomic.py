@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from kedro.io.core import get_filepath_str
+from kedro.io.core import DatasetError, get_filepath_str
 from kedro_datasets._typing import JSONPreview
 from kedro_datasets.json import JSONDataset
 
@@ -49,6 +49,16 @@ class AtomicJSONDataset(JSONDataset):
         payload = json.dumps(data, indent=2, sort_keys=True, default=str).encode()
         write_bytes_atomic(self._fs, save_path, payload)
         self._invalidate_cache()
+
+    def load(self) -> Any:
+        load_path = get_filepath_str(self._get_load_path(), self._protocol)
+        with self._fs.open(load_path, "rb") as handle:
+            payload = handle.read()
+        try:
+            return json.loads(payload)
+        except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+            raise DatasetError(f"{load_path} is not valid JSON ({exc}); it was truncated or edited. Re-run the "
+                               "pipeline that produces it, or pin another version with --load-versions") from exc
 
     def preview(self) -> JSONPreview:
         return JSONPreview(json.dumps(self.load(), indent=2, default=str)[:20000])

@@ -7,12 +7,13 @@ import io
 from typing import Any
 
 import torch
-from kedro.io.core import get_filepath_str
+from kedro.io.core import DatasetError, get_filepath_str
 from kedro_datasets._typing import ImagePreview
 from kedro_datasets.pillow import ImageDataset
 from PIL import Image
 
 from diffdistill.data.grid import grid_png_bytes
+from diffdistill.data.images import DECODE_ERRORS, describe_error
 from diffdistill.datasets.atomic import write_bytes_atomic
 
 
@@ -31,6 +32,18 @@ class ImageGridDataset(ImageDataset):
             raise TypeError(f"{self} saves a uint8 tensor or a PIL image, got {type(data).__name__}")
         write_bytes_atomic(self._fs, save_path, payload)
         self._invalidate_cache()
+
+    def load(self) -> Image.Image:
+        load_path = get_filepath_str(self._get_load_path(), self._protocol)
+        with self._fs.open(load_path, "rb") as handle:
+            payload = handle.read()
+        try:
+            with Image.open(io.BytesIO(payload)) as img:
+                img.load()  # decode now: a truncated file fails here, not in a later consumer
+                return img.copy()
+        except DECODE_ERRORS as exc:
+            raise DatasetError(f"{load_path} is not a readable image ({describe_error(exc)}); re-run the pipeline "
+                               "that produces it, or pin another version with --load-versions") from exc
 
     def preview(self) -> ImagePreview:
         load_path = get_filepath_str(self._get_load_path(), self._protocol)

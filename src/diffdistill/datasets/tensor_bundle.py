@@ -25,6 +25,15 @@ from diffdistill.datasets.atomic import write_bytes_atomic
 FORMAT = "diffdistill.tensor_bundle/1"
 
 
+def _is_sidecar(sidecar: Any) -> bool:
+    """The sidecar's structure, checked before any field is read."""
+    if not isinstance(sidecar, dict) or not isinstance(sidecar.get("meta", {}), dict):
+        return False
+    specs = sidecar.get("tensors", {})
+    return isinstance(specs, dict) and all(isinstance(spec, dict) and isinstance(spec.get("shape"), list)
+                                           for spec in specs.values())
+
+
 class TensorBundleDataset(SafetensorsDataset):
     """Versioned `TensorBundle` on disk: `<name>.safetensors` + `<name>.safetensors.json`."""
 
@@ -45,6 +54,11 @@ class TensorBundleDataset(SafetensorsDataset):
             raise DatasetError(f"{self} saves a TensorBundle, got {type(data).__name__}")
         save_path = get_filepath_str(self._get_save_path(), self._protocol)
         tensors = {k: v.detach().cpu().contiguous() for k, v in data.tensors.items()}
+        owners: dict[int, str] = {}
+        for name, tensor in tensors.items():  # safetensors refuses tensors that share memory: store copies
+            if tensor.numel() and tensor.untyped_storage().data_ptr() in owners:
+                tensors[name] = tensor.clone()
+            owners.setdefault(tensors[name].untyped_storage().data_ptr(), name)
         payload = save_safetensors(tensors)
         sidecar = {
             "format": FORMAT,
@@ -72,6 +86,10 @@ class TensorBundleDataset(SafetensorsDataset):
                 sidecar = json.loads(handle.read())
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{sidecar_path} is not valid JSON ({exc}); re-run the producing pipeline") from exc
+        if not _is_sidecar(sidecar):
+            raise DatasetError(f"{sidecar_path} is not a {FORMAT} sidecar (an object with sha256, tensors "
+                               "{name: {shape, dtype}} and meta {...}); it was edited or belongs to another file. "
+                               "Re-run the producing pipeline or pin another version with --load-versions")
         with self._fs.open(load_path, "rb") as handle:
             payload = handle.read()
         digest = hashlib.sha256(payload).hexdigest()

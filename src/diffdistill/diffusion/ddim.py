@@ -72,9 +72,11 @@ def ddim_step(z: torch.Tensor, eps: torch.Tensor, alpha: float, alpha_next: floa
     return torch.add(z * sqrt_ratio, eps, alpha=eps_coef) + sigma * noise
 
 
-def _check_common(z: torch.Tensor, c: torch.Tensor, num_steps: int) -> None:
-    if not isinstance(num_steps, int) or num_steps < 1:
+def _check_common(z: torch.Tensor, c: torch.Tensor, num_steps: int, guidance: float) -> None:
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps={num_steps!r} must be a positive int")
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+        raise ValueError(f"guidance={guidance!r} must be a finite number (1.0 = conditional only, no CFG)")
     if z.dim() < 2:
         raise ValueError(f"z must be batched (B, ...), got shape {tuple(z.shape)}")
     if c.shape[0] != z.shape[0]:
@@ -85,11 +87,11 @@ def ddim_sample(prior: Any, z: torch.Tensor, c: torch.Tensor, *, num_steps: int,
                 guidance: float = 1.0, eta: float = 0.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Denoise `z` (at the level of `timesteps[start_step]`) to a clean latent in N - start_step steps."""
-    _check_common(z, c, num_steps)
-    if not isinstance(start_step, int) or not 0 <= start_step <= num_steps:
+    _check_common(z, c, num_steps, guidance)
+    if isinstance(start_step, bool) or not isinstance(start_step, int) or not 0 <= start_step <= num_steps:
         raise ValueError(f"start_step={start_step!r} must be an int in 0..num_steps={num_steps}")
-    if eta < 0:
-        raise ValueError(f"eta={eta} must be >= 0")
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta < math.inf:
+        raise ValueError(f"eta={eta!r} must be a number >= 0 (0 = deterministic DDIM, 1 = DDPM-like noise)")
     if eta > 0 and generator is None:
         raise ValueError("eta > 0 draws noise: pass generator=torch.Generator(...).manual_seed(seed)")
     schedule = ddim_schedule(prior, num_steps)
@@ -110,8 +112,8 @@ def ddim_invert(prior: Any, z0: torch.Tensor, c: torch.Tensor, *, num_steps: int
     The result sits at the level of `timesteps[num_steps - invert_steps]`, i.e. where
     `ddim_sample(..., start_step=num_steps - invert_steps)` starts.
     """
-    _check_common(z0, c, num_steps)
-    if not isinstance(invert_steps, int) or not 0 <= invert_steps <= num_steps:
+    _check_common(z0, c, num_steps, guidance)
+    if isinstance(invert_steps, bool) or not isinstance(invert_steps, int) or not 0 <= invert_steps <= num_steps:
         raise ValueError(f"invert_steps={invert_steps!r} must be an int in 0..num_steps={num_steps}")
     schedule = ddim_schedule(prior, num_steps)
     timesteps = schedule.timesteps.to(z0.device)

@@ -417,6 +417,9 @@ def _group_terms(z: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _check_weights(weights: Sequence[float]) -> tuple[float, float, float]:
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in weights):
+        raise ValueError(f"weights must be three non-negative numbers (l_mean, l_std, l_skew), got {weights!r}")
     w = tuple(float(v) for v in weights)
     if len(w) != 3 or not all(math.isfinite(v) and v >= 0 for v in w):
         raise ValueError(f"weights must be three finite non-negative floats (l_mean, l_std, l_skew), got {weights!r}")

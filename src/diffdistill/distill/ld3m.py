@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import resource
 import time
@@ -123,6 +124,8 @@ class LD3MConfig:
             raise ValueError(f"unknown ld3m config keys {unknown}; known keys: {sorted(known)}")
         kwargs = {}
         for key, value in params.items():
+            if key in nested and not isinstance(value, (dict, nested[key])):
+                raise ValueError(f"ld3m.{key} must be a mapping of its settings, got {value!r}")
             if key in nested and isinstance(value, dict):
                 sub_known = {f.name for f in dataclasses.fields(nested[key])}
                 if set(value) - sub_known:
@@ -142,6 +145,24 @@ class LD3MConfig:
         return (PIXEL_LR if self.space == "pixel" else LATENT_LR)[self.objective]
 
     def validate(self) -> None:
+        sampler = self.sampler
+        for name, value, kind in (("ipc", self.ipc, int), ("iterations", self.iterations, int),
+                                  ("checkpoint_every", self.checkpoint_every, int), ("seed", self.seed, int),
+                                  ("momentum", self.momentum, float), ("lr", self.lr, float),
+                                  ("sampler.num_steps", sampler.num_steps, int),
+                                  ("sampler.chunk_size", sampler.chunk_size, int),
+                                  ("sampler.guidance", sampler.guidance, float), ("sampler.eta", sampler.eta, float)):
+            if name == "lr" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or \
+                    (kind is float and not math.isfinite(value)):
+                raise ValueError(f"ld3m.{name}={value!r} must be {'an int' if kind is int else 'a finite number'}")
+        if sampler.backprop not in BACKPROP_MODES:
+            raise ValueError(f"sampler.backprop must be one of {BACKPROP_MODES}, got {sampler.backprop!r}")
+        if sampler.eta < 0:
+            raise ValueError(f"sampler.eta must be >= 0, got {sampler.eta}")
+        if not isinstance(self.dsa_strategy, str):
+            raise ValueError(f"ld3m.dsa_strategy must be a string such as 'none', got {self.dsa_strategy!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.space not in SPACES:
@@ -151,13 +172,15 @@ class LD3MConfig:
         if self.sampler.variant not in VARIANTS:
             raise ValueError(f"sampler.variant must be one of {VARIANTS}, got {self.sampler.variant!r}")
         if self.ipc < 1 or self.iterations < 0 or self.checkpoint_every < 1:
-            raise ValueError("ipc and checkpoint_every must be >= 1 and iterations >= 0")
+            raise ValueError(f"ipc and checkpoint_every must be >= 1 and iterations >= 0; got ipc={self.ipc}, "
+                             f"checkpoint_every={self.checkpoint_every}, iterations={self.iterations}")
         if self.sampler.num_steps < 1 or self.sampler.chunk_size < 1:
-            raise ValueError("sampler.num_steps and sampler.chunk_size must be >= 1")
+            raise ValueError(f"sampler.num_steps and sampler.chunk_size must be >= 1; got num_steps="
+                             f"{self.sampler.num_steps}, chunk_size={self.sampler.chunk_size}")
         if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}; the paper uses 0.5")
         if self.learning_rate() <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ValueError(f"lr must be > 0, got {self.lr}; set a positive lr or None for the paper's default")
 
 
 class DivergenceError(RuntimeError):
@@ -576,7 +599,7 @@ def distill_ld3m(
             metrics.update({f"grad_norm_{name}": sum(v) / len(v) for name, v in grad_norms.items()})
             if regen_errors:
                 metrics["regeneration_max_abs_diff"] = max(regen_errors)
-            metrics.update({name: float(t) for name, t in state.extras.items() if t.numel() == 1})
+            metrics.update({name: float(t.detach()) for name, t in state.extras.items() if t.numel() == 1})
             on_step(metrics)
         if checkpoint_dir is not None and (
             state.step % config.checkpoint_every == 0 or state.step == config.iterations

@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from diffdistill.augment import DSA
 from diffdistill.nets import arch_family
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -67,8 +68,25 @@ class ProtocolConfig:
             if value not in allowed:
                 raise ValueError(f"ProtocolConfig.{name} must be one of {allowed}, got {value!r}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"ProtocolConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ProtocolConfig.{name} must be an int >= 1, got {value!r}")
+        for name in ("lr", "momentum", "weight_decay", "step_gamma", "warmup_start_factor", "temperature",
+                     "ema_decay"):
+            value = getattr(self, name)
+            if not (name == "ema_decay" and value is None) and not _is_finite_number(value):
+                raise ValueError(f"ProtocolConfig.{name} must be a finite number, got {value!r}")
+        if not 0.0 <= self.momentum < 1.0 or self.weight_decay < 0 or self.step_gamma <= 0:
+            raise ValueError(f"ProtocolConfig needs momentum in [0, 1), weight_decay >= 0 and step_gamma > 0; got "
+                             f"momentum={self.momentum}, weight_decay={self.weight_decay}, "
+                             f"step_gamma={self.step_gamma}")
+        if not isinstance(self.arch_lr, dict) or not all(_is_finite_number(v) for v in self.arch_lr.values()):
+            raise ValueError(f"ProtocolConfig.arch_lr must map arch names to numbers, got {self.arch_lr!r}")
+        if self.dsa_strategy is not None:
+            try:
+                DSA(self.dsa_strategy)  # an unknown family fails here, before any training
+            except ValueError as exc:
+                raise ValueError(f"ProtocolConfig.dsa_strategy: {exc}") from exc
         if self.lr <= 0 or any(v <= 0 for v in self.arch_lr.values()):
             raise ValueError(f"learning rates must be > 0, got lr={self.lr}, arch_lr={self.arch_lr}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
@@ -85,6 +103,10 @@ class ProtocolConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 PROTOCOLS: dict[str, ProtocolConfig] = {
@@ -123,7 +145,7 @@ def get_protocol(protocol: str | ProtocolConfig, **overrides: Any) -> ProtocolCo
     """A named protocol (or a given config) with field overrides, e.g. `get_protocol("dc", epochs=300)`."""
     if isinstance(protocol, ProtocolConfig):
         base = protocol
-    elif protocol in PROTOCOLS:
+    elif isinstance(protocol, str) and protocol in PROTOCOLS:
         base = PROTOCOLS[protocol]
     else:
         raise ValueError(f"unknown protocol {protocol!r}; valid protocols: {', '.join(PROTOCOL_NAMES)}")
@@ -133,7 +155,10 @@ def get_protocol(protocol: str | ProtocolConfig, **overrides: Any) -> ProtocolCo
         raise ValueError(f"unknown ProtocolConfig fields {unknown}; valid fields: {sorted(fields)}")
     for key in ("mean", "std"):
         if overrides.get(key) is not None:
-            overrides[key] = tuple(float(v) for v in overrides[key])
+            values = overrides[key]
+            if not isinstance(values, (list, tuple)) or not all(_is_finite_number(v) for v in values):
+                raise ValueError(f"ProtocolConfig.{key} must be a list of per-channel numbers, got {values!r}")
+            overrides[key] = tuple(float(v) for v in values)
     return dataclasses.replace(base, **overrides)
 
 

@@ -131,6 +131,8 @@ def _checked_train(train: TensorBundle, allow_unbalanced: bool) -> tuple[torch.T
 
 def _checked_split(bundle: TensorBundle, like: torch.Tensor, num_classes: int, split: str) -> None:
     """Shape / dtype / label-range checks on a held-out split, before any training is spent."""
+    if "images" not in bundle or "labels" not in bundle:
+        raise ValueError(f"{split} bundle needs 'images' and 'labels' tensors, has {sorted(bundle.tensors)}")
     images = _checked_images(bundle["images"], split)
     if images.shape[1:] != like.shape[1:]:
         raise ValueError(f"{split} images are {tuple(images.shape[1:])}, train images {tuple(like.shape[1:])}")

@@ -107,9 +107,10 @@ def build_net(
     if name not in _BUILDERS:
         raise ValueError(f"unknown net {name!r}; valid names: {', '.join(NET_NAMES)}")
     for label, value, low in (("in_channels", in_channels, 1), ("num_classes", num_classes, 1)):
-        if not isinstance(value, int) or value < low:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{label} must be an int >= {low}, got {value!r}")
-    if not isinstance(image_size, int) or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+    if (isinstance(image_size, bool) or not isinstance(image_size, int)
+            or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE):
         raise ValueError(f"image_size must be an int in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {image_size!r}")
     builder = _BUILDERS[name]
     unknown = sorted(set(overrides) - set(builder.overrides))  # type: ignore[attr-defined]
@@ -117,8 +118,10 @@ def build_net(
         raise ValueError(
             f"net {name!r} does not take overrides {unknown}; it takes {list(builder.overrides)}"  # type: ignore[attr-defined]
         )
-    if "width" in overrides and (not isinstance(overrides["width"], int) or overrides["width"] < 1):
-        raise ValueError(f"width must be an int >= 1, got {overrides['width']!r}")
+    for key in ("width", "depth", "patch_size", "dim", "heads", "mlp_dim"):
+        value = overrides.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"net {name!r} override {key} must be an int >= 1, got {value!r}")
     if "norm" in overrides and overrides["norm"] not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {overrides['norm']!r}")
     if generator is None:

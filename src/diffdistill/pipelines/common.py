@@ -66,12 +66,75 @@ def classifier_from_bundle(bundle: Any, device: str = "cpu") -> Any:
     meta = bundle.meta
     if meta.get("kind") != "classifier":
         raise ValueError(f"expected a classifier artifact, got one of kind {meta.get('kind')!r}")
-    net = build_net(meta["arch"], int(meta["in_channels"]), int(meta["num_classes"]), int(meta["image_size"]),
+    missing = sorted({"arch", "in_channels", "num_classes", "image_size"} - set(meta))
+    if missing:
+        raise ValueError(f"classifier artifact metadata lacks {missing}; re-run the pipeline that trained it")
+    net = build_net(meta["arch"], meta["in_channels"], meta["num_classes"], meta["image_size"],
                     **meta.get("net_overrides", {}))
     channels = int(meta["in_channels"])
     model = NormalizedClassifier(net, torch.zeros(channels), torch.ones(channels))
-    model.load_state_dict(bundle.tensors)
+    try:
+        model.load_state_dict(bundle.tensors)
+    except RuntimeError as exc:  # missing / unexpected / reshaped weights
+        raise ValueError(
+            f"classifier artifact weights do not fit the net arch={meta['arch']!r}, in_channels={meta['in_channels']}, "
+            f"num_classes={meta['num_classes']}, image_size={meta['image_size']} (its metadata or tensors were edited, "
+            f"or come from different versions); re-run the pipeline that trained it. Details: {exc}") from exc
     return model.to(device).eval()
+
+
+def check_params(params: Any, section: str, required: dict[str, Any], optional: dict[str, Any] | None = None) -> None:
+    """Node parameters at the boundary: every `required` key present, every given key of its kind.
+
+    Kinds: a type (`float` also takes ints; `bool` is never an int), a tuple of types (`None` allowed as a
+    member), or a one-element list `[kind]` for a list of that kind. Errors name `section.key` and the
+    conf files to change, instead of a bare KeyError or a TypeError from deep inside a layer.
+    """
+    if not isinstance(params, dict):
+        raise ValueError(f"parameters {section} must be a mapping, got {params!r}; fix conf/*/parameters*.yml")
+    missing = sorted(set(required) - set(params))
+    if missing:
+        raise ValueError(f"parameters {section} lack {missing}; add them to conf/base/parameters*.yml "
+                         "(or the run's environment)")
+    for key, kind in {**(optional or {}), **required}.items():
+        if key in params and not _is_kind(params[key], kind):
+            raise ValueError(f"parameter {section}.{key}={params[key]!r} must be {_kind_name(kind)}; "
+                             "change it in conf/*/parameters*.yml")
+
+
+def _is_kind(value: Any, kind: Any) -> bool:
+    if isinstance(kind, list):
+        return isinstance(value, list) and all(_is_kind(v, kind[0]) for v in value)
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    for k in kinds:
+        if k is None and value is None:
+            return True
+        if k is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if isinstance(k, type) and isinstance(value, k) and (k is bool or not isinstance(value, bool)):
+            return True
+    return False
+
+
+def _kind_name(kind: Any) -> str:
+    if isinstance(kind, list):
+        return f"a list of {_kind_name(kind[0])}"
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {int: "an int", float: "a number", str: "a string", bool: "true/false", dict: "a mapping",
+             list: "a list", None: "null"}
+    return " or ".join(names.get(k, getattr(k, "__name__", str(k))) for k in kinds)
+
+
+def check_classifier_fits(classifier: Any, split: Any, name: str, split_name: str) -> None:
+    """Refuse a saved classifier (teacher / judge) made for other data than `split` (another run's version)."""
+    meta = classifier.meta
+    made = (meta.get("in_channels"), meta.get("image_size"), meta.get("num_classes"))
+    here = (int(split["images"].shape[1]), int(split["images"].shape[-1]), split.num_classes)
+    if made != here:
+        raise ValueError(
+            f"{name} was trained on {made[0]}-channel {made[1]}-px images with {made[2]} classes but {split_name} "
+            f"has {here[0]}-channel {here[1]}-px images with {here[2]} classes; re-run the teacher pipeline on this "
+            "data, or pin matching versions with --load-versions")
 
 
 def bind(func: Any, **kwargs: Any) -> Any:

@@ -425,7 +425,7 @@ class LatentPrior(nn.Module):
     def from_pretrained(cls, directory: str | Path, *, torch_dtype: torch.dtype | None = None,
                         device: str | torch.device = "cpu") -> LatentPrior:
         """Load a folder written by `save_pretrained`, or a DiT pipeline folder (transformer/, vae/, scheduler/)."""
-        from diffdistill.prior.builders import load_dit_folder, load_model, require_parts
+        from diffdistill.prior.builders import load_dit_folder, load_model, read_json_object, require_parts
 
         root = Path(directory)
         if not root.is_dir():
@@ -433,14 +433,20 @@ class LatentPrior(nn.Module):
         if not (root / ADAPTER_CONFIG_NAME).is_file() and (root / "transformer").is_dir():
             return load_dit_folder(root, torch_dtype=torch_dtype, device=device)
         require_parts(root, ["vae", "denoiser", "scheduler", ADAPTER_CONFIG_NAME, LABEL_TABLE_NAME])
-        config = json.loads((root / ADAPTER_CONFIG_NAME).read_text())
+        config = read_json_object(root / ADAPTER_CONFIG_NAME)
+        if "class_ids" not in config:
+            raise ValueError(f"{root / ADAPTER_CONFIG_NAME} lacks class_ids; the file was edited: re-save the prior")
         if config.get("format") != ADAPTER_FORMAT:
             raise ValueError(f"{root / ADAPTER_CONFIG_NAME} has format {config.get('format')!r}; "
                              f"this version reads format {ADAPTER_FORMAT}")
         vae = load_model(root / "vae", VAE_CLASSES, torch_dtype)
         denoiser = load_model(root / "denoiser", DENOISER_CLASSES, torch_dtype)
         scheduler_config = dict(DDIMScheduler.load_config(root / "scheduler"))
-        table = load_file(root / LABEL_TABLE_NAME)["weight"]
+        try:
+            table = load_file(root / LABEL_TABLE_NAME)["weight"]
+        except Exception as exc:  # safetensors' own error types, or no "weight" tensor
+            raise ValueError(f"{root / LABEL_TABLE_NAME} is not a readable label table ({type(exc).__name__}: "
+                             f"{exc}); it was truncated or edited: re-save the prior") from exc
         prior = cls(vae, denoiser, scheduler_config, label_table=table, class_ids=config["class_ids"],
                     class_names=config.get("class_names"), default_guidance=config.get("default_guidance", 1.0))
         return prior.to(device)

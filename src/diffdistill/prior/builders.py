@@ -38,11 +38,23 @@ def require_parts(root: Path, names: Sequence[str]) -> None:
         raise ValueError(f"prior folder {root} is missing {missing}; expected {list(names)}")
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`, or a ValueError naming the file (truncated, edited, not an object)."""
+    try:
+        value = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); the prior folder was truncated or edited: "
+                         "re-save it (re-run the prior pipeline)") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}; re-save the prior folder")
+    return value
+
+
 def model_class_name(folder: Path) -> str:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ValueError(f"{folder} is not a diffusers model folder (no config.json)")
-    return json.loads(config_path.read_text()).get("_class_name", "")
+    return read_json_object(config_path).get("_class_name", "")
 
 
 def load_model(folder: str | Path, classes: dict[str, type], torch_dtype: torch.dtype | None = None) -> nn.Module:
@@ -56,7 +68,12 @@ def load_model(folder: str | Path, classes: dict[str, type], torch_dtype: torch.
     kwargs: dict[str, Any] = {"low_cpu_mem_usage": False}
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype
-    return classes[name].from_pretrained(str(folder), **kwargs)
+    try:
+        return classes[name].from_pretrained(str(folder), **kwargs)
+    except Exception as exc:  # diffusers / safetensors / torch: truncated weights, mismatched config
+        raise ValueError(f"{folder} cannot be loaded as a {name} ({type(exc).__name__}: {exc}); its weights or "
+                         "config are truncated or from another model: re-save the prior (re-run the prior "
+                         "pipeline)") from exc
 
 
 def load_vae(folder: str | Path, torch_dtype: torch.dtype | None = None) -> nn.Module:

@@ -135,10 +135,30 @@ def _dataclass_from_dict(cls: type, values: dict[str, Any], path: str) -> Any:
         if is_dataclass(current):
             kwargs[name] = _dataclass_from_dict(type(current), value, f"{path}.{name}")
         elif isinstance(current, tuple):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, type(current[0])) and
+                                                               not isinstance(v, bool) for v in value):
+                raise ValueError(f"{path}.{name}={value!r} must be a list of {type(current[0]).__name__}, "
+                                 f"like {list(current)}")
             kwargs[name] = tuple(value)
         else:
+            _check_leaf_type(f"{path}.{name}", value, current)
             kwargs[name] = value
     return cls(**kwargs)
+
+
+def _check_leaf_type(name: str, value: Any, default: Any) -> None:
+    """A parameter must have its default's type (ints may stand for floats; None only where it is the default)."""
+    if default is None:
+        kinds: tuple[type, ...] = (int, float, type(None))  # the optional caps (max_seconds)
+    elif isinstance(default, bool):
+        kinds = (bool,)
+    elif isinstance(default, float):
+        kinds = (int, float)
+    else:
+        kinds = (type(default),)
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        raise ValueError(f"{name}={value!r} must be of type {' or '.join(k.__name__ for k in kinds)} "
+                         f"(default {default!r}); change it in the prior parameters")
 
 
 def validate_config(config: PriorTrainConfig) -> None:
@@ -156,6 +176,14 @@ def validate_config(config: PriorTrainConfig) -> None:
         raise ValueError("denoiser_train.lr_schedule must be 'constant' or 'cosine'")
     if config.checkpoint_every < 1 or config.log_every < 1:
         raise ValueError("checkpoint_every and log_every must be >= 1")
+    for name in ("autoencoder", "denoiser"):
+        part = getattr(config, name)
+        sizes = {"block_out_channels": min(part.block_out_channels, default=0),
+                 "layers_per_block": part.layers_per_block, "norm_num_groups": part.norm_num_groups,
+                 "latent_channels": getattr(part, "latent_channels", 1)}
+        bad = sorted(key for key, value in sizes.items() if value < 1)
+        if bad:
+            raise ValueError(f"{name}.{', '.join(bad)} must be positive (non-empty for block_out_channels)")
 
 
 # --------------------------------------------------------------------------- init

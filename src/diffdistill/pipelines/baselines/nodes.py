@@ -9,11 +9,12 @@ import torch
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.data.grid import image_grid
 from diffdistill.distill.baselines import herding_subset, random_real_subset
-from diffdistill.pipelines.common import classifier_from_bundle
+from diffdistill.pipelines.common import check_classifier_fits, check_params, classifier_from_bundle
 
 
 def make_random_subset(train_set: TensorBundle, params: dict[str, Any], *, ipc: int) -> tuple[TensorBundle, torch.Tensor]:
     """IPC random real images per class (seeded): the floor every method must beat."""
+    check_params(params, "baselines", {"seed": int})
     subset = random_real_subset(train_set, ipc, seed=int(params["seed"]) + 1000 * ipc)
     return subset, image_grid(subset.images, subset.labels)
 
@@ -21,6 +22,8 @@ def make_random_subset(train_set: TensorBundle, params: dict[str, Any], *, ipc: 
 def make_herding_subset(train_set: TensorBundle, teacher_model: TensorBundle, params: dict[str, Any], device: str,
                         *, ipc: int) -> tuple[TensorBundle, torch.Tensor]:
     """IPC real images per class whose running feature mean tracks the class mean (teacher feature space)."""
+    check_params(params, "baselines", {"seed": int})
+    check_classifier_fits(teacher_model, train_set, "teacher_model", "train_set")
     teacher = classifier_from_bundle(teacher_model, device)
     subset = herding_subset(train_set, ipc, teacher, device=device)
     subset.meta["feature_net"] = {"arch": teacher_model.meta["arch"], "seed": teacher_model.meta.get("seed")}

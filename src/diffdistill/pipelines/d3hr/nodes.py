@@ -16,6 +16,8 @@ from diffdistill.pipelines.common import (
     ResumableResults,
     as_mlflow_metrics,
     bundle_fingerprint,
+    check_classifier_fits,
+    check_params,
     classifier_from_bundle,
     module_fingerprint,
     real_split_meta,
@@ -30,6 +32,9 @@ logger = logging.getLogger(__name__)
 def select_groups(class_gaussians: TensorBundle, train_set: TensorBundle, params: dict[str, Any], *, ipc: int,
                   factorised: bool) -> tuple[TensorBundle, dict[str, Any]]:
     """Per class, the best of `m` candidate groups of IPC noises (the paper's moment-matching score)."""
+    check_params(params, "d3hr", {"group_sampling": dict})
+    check_params(params["group_sampling"], "d3hr.group_sampling",
+                 {"m": int, "weights": [float], "chunk_size": int, "seed": int})
     counts = class_gaussians["counts"]
     if ipc > int(counts.min()):
         small = int(counts.argmin())
@@ -74,6 +79,11 @@ def generate_images(selection: TensorBundle, prior: LatentPrior, train_set: Tens
                     teacher_model: TensorBundle, params: dict[str, Any], device: str,
                     *, ipc: int) -> tuple[TensorBundle, torch.Tensor]:
     """DDIM-sample the selected noises back from the inversion step, decode, clamp: the distilled set."""
+    check_params(params, "d3hr", {"generation": dict})
+    check_params(params["generation"], "d3hr.generation", {"guidance": float, "batch_size": int},
+                 {"soft_labels": bool})
+    if params["generation"]["batch_size"] < 1:
+        raise ValueError(f"parameter d3hr.generation.batch_size={params['generation']['batch_size']} must be >= 1")
     prior = prior.to(device)
     require_same_prior(selection, module_fingerprint(prior), "d3hr selection (class_gaussians)")
     meta = selection.meta
@@ -89,6 +99,7 @@ def generate_images(selection: TensorBundle, prior: LatentPrior, train_set: Tens
     tensors = {"images": images, "labels": labels.cpu()}
     if generation.get("soft_labels"):
         teacher = classifier_from_bundle(teacher_model, device)
+        check_classifier_fits(teacher_model, train_set, "teacher_model", "train_set")
         tensors["soft_labels"] = torch.softmax(teacher(images.to(device)), dim=1).cpu()
     method_meta = {"method": "d3hr", "ipc": ipc, "variant": "factorised" if meta["factorised"] else "paper",
                    "prior_fingerprint": meta["prior_fingerprint"], "guidance": float(generation["guidance"]),

@@ -11,6 +11,8 @@ from diffdistill.evaluation import channel_stats, get_protocol, train_and_evalua
 from diffdistill.pipelines.common import (
     ResumableResults,
     as_mlflow_metrics,
+    check_classifier_fits,
+    check_params,
     classifier_from_bundle,
     data_fingerprint,
     scratch_dir,
@@ -35,6 +37,8 @@ def summarise_rows(rows: list[dict[str, Any]], archs: list[str], unseen: list[st
 
 def _protocol(params: dict[str, Any], train_set: TensorBundle, overrides: dict[str, Any]):
     # Normalise every set with the real train split's statistics, so distilled and real images share one scale.
+    check_params(params, "evaluate", {"protocol": str, "archs": [str], "unseen_archs": [str]},
+                 {"protocol_overrides": dict})
     mean, std = channel_stats(train_set["images"])
     return get_protocol(params["protocol"], **{**params.get("protocol_overrides", {}), **overrides,
                                                "mean": mean.tolist(), "std": std.tolist()})
@@ -48,7 +52,10 @@ def evaluate_set(distilled_set: TensorBundle | None, train_set: TensorBundle, te
         logger.warning("Distilled set %r has no saved version yet: run the pipeline that produces it. Skipped.",
                        set_name)
         return {"set": set_name, "status": "missing", "rows": [], "summary": {}}, {}
+    check_params(params, "evaluate", {"seeds": [int]})
     protocol = _protocol(params, train_set, {})
+    if protocol.loss == "soft_label":
+        check_classifier_fits(teacher_model, train_set, "teacher_model", "train_set")
     teacher = classifier_from_bundle(teacher_model, device) if protocol.loss == "soft_label" else None
     rows = _train_rows(set_name, distilled_set, test_set, params["archs"], params["seeds"], protocol, device,
                        teacher=teacher, allow_unbalanced=False)
@@ -61,7 +68,9 @@ def evaluate_set(distilled_set: TensorBundle | None, train_set: TensorBundle, te
 def evaluate_full_data(train_set: TensorBundle, test_set: TensorBundle, params: dict[str, Any],
                        device: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The upper bound: the same architectures trained on the whole real train split."""
+    check_params(params, "evaluate", {"full_data": dict})
     full = params["full_data"]
+    check_params(full, "evaluate.full_data", {"seeds": [int]}, {"protocol_overrides": dict})
     protocol = _protocol(params, train_set, full.get("protocol_overrides", {}))
     rows = _train_rows("full", train_set, test_set, params["archs"], full["seeds"], protocol, device,
                        teacher=None, allow_unbalanced=True)

@@ -10,7 +10,12 @@ SHARED_PARAMS = {"params:evaluate", "params:device"}
 
 
 def evaluated_sets() -> list[str]:
-    return set_names(base_parameters("evaluate.methods"), base_parameters("ipcs"))
+    """`evaluate.methods` plus one method per LD3M run (`ld3m_<objective>_<space>`, from `ld3m.runs`)."""
+    from diffdistill.pipelines.ld3m.pipeline import ld3m_methods
+
+    methods = list(base_parameters("evaluate.methods"))
+    methods += [m for m in ld3m_methods() if m not in methods]
+    return set_names(methods, base_parameters("ipcs"))
 
 
 def create_pipeline(**kwargs) -> Pipeline:

@@ -7,7 +7,7 @@ from typing import Any
 
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.distill.d3hr import fit_class_gaussians, moment_report
-from diffdistill.pipelines.common import as_mlflow_metrics
+from diffdistill.pipelines.common import as_mlflow_metrics, check_params
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,9 @@ def fit_noise_gaussians(noise: TensorBundle, latents: TensorBundle,
     The report compares per-dimension skewness and excess kurtosis of the VAE latents ("before
     inversion") with those of the noise ("after"): the paper's claim is that the second is Gaussian.
     """
+    check_params(params, "gaussians", {"batch_size": int}, {"min_std": (float, None)})
+    if params["batch_size"] < 1:
+        raise ValueError(f"parameter gaussians.batch_size={params['batch_size']} must be >= 1")
     if noise.meta.get("prior_fingerprint") != latents.meta.get("prior_fingerprint"):
         raise ValueError("noise and latents come from different priors; re-run the latents pipeline so both are "
                          "saved by the same run")

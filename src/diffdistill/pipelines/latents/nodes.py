@@ -10,7 +10,7 @@ import torch
 
 from diffdistill.data.bundle import TensorBundle, to_signed, to_unit
 from diffdistill.diffusion import ddim_invert, ddim_sample
-from diffdistill.pipelines.common import as_mlflow_metrics, module_fingerprint
+from diffdistill.pipelines.common import as_mlflow_metrics, check_params, module_fingerprint
 from diffdistill.prior import LatentPrior, psnr_signed
 
 logger = logging.getLogger(__name__)
@@ -25,8 +25,14 @@ def _batches(count: int, size: int):
 def encode_and_invert(train_set: TensorBundle, prior: LatentPrior, params: dict[str, Any],
                       device: str) -> tuple[TensorBundle, TensorBundle, dict[str, Any], dict[str, Any]]:
     """VAE latents z0 of every train image (class-sorted), and their DDIM inversion to step k of N."""
+    check_params(params, "latents", {"num_steps": int, "invert_steps": int, "invert_guidance": float,
+                                      "batch_size": int, "round_trip_images": int, "seed": int},
+                 {"sample_posterior": bool})
     num_steps, invert_steps = int(params["num_steps"]), int(params["invert_steps"])
     guidance, batch = float(params["invert_guidance"]), int(params["batch_size"])
+    if batch < 1 or int(params["round_trip_images"]) < 1:
+        raise ValueError(f"latents.batch_size={batch} and latents.round_trip_images={params['round_trip_images']} "
+                         "must be >= 1")
     if not 1 <= invert_steps <= num_steps:
         raise ValueError(f"latents.invert_steps={invert_steps} must be in 1..latents.num_steps={num_steps}")
     images, labels = train_set["images"], train_set["labels"]

@@ -13,7 +13,10 @@ from diffdistill.data.bundle import TensorBundle, to_signed, to_unit
 from diffdistill.pipelines.common import (
     as_mlflow_history,
     as_mlflow_metrics,
+    check_classifier_fits,
+    check_params,
     classifier_from_bundle,
+    data_fingerprint,
     module_fingerprint,
     scratch_dir,
 )
@@ -44,10 +47,13 @@ def _load_pretrained(params: dict[str, Any], train_set: TensorBundle, device: st
     source = params["source"]
     ids = _class_ids(params, train_set.num_classes)
     if source == "dit_folder" or (source == "fine_tune" and params.get("dit_folder")):
+        check_params(params, "prior", {"dit_folder": str})
         prior = load_dit_folder(params["dit_folder"], class_ids=ids, class_names=train_set.class_names,
                                 device=device)
     else:
+        check_params(params, "prior", {"components": dict})
         parts = params["components"]
+        check_params(parts, "prior.components", {"vae": str, "denoiser": str}, {"scheduler": (str, None)})
         prior = load_components(parts["vae"], parts["denoiser"], parts.get("scheduler"), class_ids=ids,
                                 class_names=train_set.class_names, device=device)
     images = train_set["images"]
@@ -85,20 +91,16 @@ def build_prior(train_set: TensorBundle, params: dict[str, Any], device: str) ->
     return prior, as_mlflow_history(history)
 
 
-def data_fingerprint(bundle: TensorBundle) -> str:
-    import hashlib
-
-    digest = hashlib.sha256(bundle["images"].contiguous().numpy().tobytes())
-    digest.update(bundle["labels"].contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 @torch.no_grad()
 def score_prior(prior: LatentPrior, test_set: TensorBundle, teacher_model: TensorBundle, params: dict[str, Any],
                 device: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """VAE reconstruction PSNR on the test split, and class fidelity: the teacher's accuracy on samples."""
-    prior = prior.to(device)
+    check_params(params, "prior", {"quality": dict})
     quality = params["quality"]
+    check_params(quality, "prior.quality", {"max_test_images": int, "samples_per_class": int, "num_steps": int,
+                                            "seed": int}, {"guidance": (float, None)})
+    check_classifier_fits(teacher_model, test_set, "teacher_model (the class-fidelity judge)", "test_set")
+    prior = prior.to(device)
     images = to_signed(to_unit(test_set["images"][: int(quality["max_test_images"])]))
     psnr = reconstruction_psnr(prior, images)
     judge = classifier_from_bundle(teacher_model, device)

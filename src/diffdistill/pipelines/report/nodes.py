@@ -96,6 +96,9 @@ def bar_plot(table: pd.DataFrame, archs: list[str]) -> Image.Image:
 
 def build_report(params: dict[str, Any], *results: dict[str, Any]) -> tuple[str, str, str, Image.Image, dict]:
     """Markdown + HTML + CSV table and a bar plot over every set that has been evaluated."""
+    from diffdistill.pipelines.common import check_params
+
+    check_params(params, "evaluate", {"archs": [str], "unseen_archs": [str]})
     archs = list(params["archs"])
     table = comparison_table(list(results), archs)
     shown = visible(table)
@@ -111,3 +114,52 @@ def build_report(params: dict[str, Any], *results: dict[str, Any]) -> tuple[str,
     done = [r["set"] for r in results if r.get("status") == "done"]
     summary = {"sets": done, "distilled_sets": [name for name in done if name != "full"], "missing": missing}
     return markdown, html, csv, bar_plot(table, archs), summary
+
+
+def rolling_snr(values: list[float], window: int) -> tuple[list[int], list[float]]:
+    """(iterations, rolling mean / rolling std of `values` over `window` iterations); constant windows are skipped."""
+    series = pd.Series(values, dtype="float64")
+    window = max(2, min(int(window), len(series)))
+    snr = series.rolling(window).mean() / series.rolling(window).std()
+    snr = snr.replace([float("inf"), -float("inf")], float("nan")).dropna()
+    return [int(i) for i in snr.index], [float(v) for v in snr]
+
+
+def gradient_snr_plot(params: dict[str, Any], *records: dict[str, Any] | None) -> Image.Image:
+    """Paper Fig. 7: SNR of ‖∂L/∂Z‖ over iterations with (`latent`) vs without (`no_residual`) the residual z_T
+    skip of Eq. 12, one panel per (objective, IPC); dashed lines are linear fits. Sets not run yet are skipped."""
+    import numpy as np
+
+    window = int(params.get("snr_window", 10))
+    panels: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for record in records:
+        if record and record.get("grad_norm"):
+            panels.setdefault((record["objective"], int(record["ipc"])), []).append(record)
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.5 * max(1, len(panels)), 3.4), dpi=100,
+                             squeeze=False)
+    if not panels:
+        axes[0][0].text(0.5, 0.5, "no LD3M gradient records yet\n(run the ld3m pipeline: latent and no_residual)",
+                        ha="center", va="center", fontsize=9)
+        axes[0][0].set_axis_off()
+    labels = {"latent": "with residual (Eq. 12)", "no_residual": "without residual"}
+    for ax, ((objective, ipc), group) in zip(axes[0], sorted(panels.items()), strict=False):
+        for record in sorted(group, key=lambda r: r["space"] != "latent"):
+            steps, snr = rolling_snr(record["grad_norm"], window)
+            if not steps:
+                continue
+            mean_norm = float(np.mean(record["grad_norm"]))
+            line, = ax.plot(steps, snr, lw=1, marker="." if len(steps) < 20 else None, label=f"{labels.get(record['space'], record['space'])}, "
+                                                    f"mean ‖∂L/∂Z‖ {mean_norm:.3g}")
+            if len(steps) > 2:
+                fit = np.polyval(np.polyfit(steps, snr, 1), steps)
+                ax.plot(steps, fit, ls="--", lw=1, color=line.get_color())
+        ax.set_title(f"{objective.upper()}, IPC {ipc}", fontsize=9)
+        ax.set_xlabel("distillation iteration")
+        ax.set_ylabel(f"SNR of ‖∂L/∂Z‖ (window {window})")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")

@@ -2,8 +2,19 @@
 
 from kedro.pipeline import Node, Pipeline
 
+from diffdistill.pipelines.common import base_parameters
 from diffdistill.pipelines.evaluate.pipeline import evaluated_sets
-from diffdistill.pipelines.report.nodes import build_report
+from diffdistill.pipelines.ld3m.nodes import set_name
+from diffdistill.pipelines.ld3m.pipeline import ld3m_runs
+from diffdistill.pipelines.report.nodes import build_report, gradient_snr_plot
+
+
+def residual_pairs() -> list[str]:
+    """`<set>.ld3m_gradients` of every (objective, IPC) that runs both with (`latent`) and without the residual."""
+    runs = set(ld3m_runs())
+    objectives = [o for o, space in runs if space == "latent" and (o, "no_residual") in runs]
+    return [f"{set_name(o, space, int(ipc))}.ld3m_gradients" for o in sorted(objectives)
+            for ipc in base_parameters("ipcs") for space in ("latent", "no_residual")]
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -12,4 +23,6 @@ def create_pipeline(**kwargs) -> Pipeline:
         Node(build_report, inputs=["params:evaluate", *results],
              outputs=["report_table_markdown", "report_table_html", "report_table_csv", "report_plot",
                       "report_summary"], name="build_report"),
+        Node(gradient_snr_plot, inputs=["params:ld3m", *residual_pairs()], outputs="report_gradient_snr",
+             name="gradient_snr_plot"),
     ])

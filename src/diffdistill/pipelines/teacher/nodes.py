@@ -6,12 +6,13 @@ from typing import Any
 
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.evaluation import evaluate_accuracy, get_protocol, train_classifier
-from diffdistill.pipelines.common import as_mlflow_history, as_mlflow_metrics, classifier_to_bundle
+from diffdistill.pipelines.common import as_mlflow_history, as_mlflow_metrics, check_params, classifier_to_bundle
 
 
 def train_teacher(train_set: TensorBundle, test_set: TensorBundle, params: dict[str, Any],
                   device: str) -> tuple[TensorBundle, dict[str, Any]]:
     """Train `params.arch` on the real train split; score it once on the test split after the last epoch."""
+    check_params(params, "teacher", {"arch": str, "protocol": str, "seed": int}, {"protocol_overrides": dict})
     protocol = get_protocol(params["protocol"], **params.get("protocol_overrides", {}))
     model = train_classifier(train_set, arch=params["arch"], protocol=protocol, seed=int(params["seed"]),
                              device=device, allow_unbalanced=True)

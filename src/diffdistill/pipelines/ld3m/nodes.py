@@ -1,0 +1,207 @@
+"""Nodes of the `ld3m` pipeline: one distillation per (objective, space, IPC) through `distill.ld3m`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffdistill.data.bundle import TensorBundle
+from diffdistill.data.grid import image_grid
+from diffdistill.distill.ld3m import OBJECTIVES, SPACES, LD3MConfig, distill_ld3m, load_checkpoint
+from diffdistill.pipelines.common import (
+    as_mlflow_history,
+    check_params,
+    data_fingerprint,
+    module_fingerprint,
+    real_split_meta,
+    scratch_dir,
+)
+from diffdistill.pipelines.experts.nodes import matching_net_factory, resolve_dsa_strategy
+
+logger = logging.getLogger(__name__)
+# Keys of `params:ld3m` the node resolves itself; everything else goes to `LD3MConfig` as is.
+NODE_KEYS = {"runs", "iterations", "lr", "net_overrides", "snr_window"}
+# The core may continue a checkpoint with these changed (lower lr after a divergence), so they do not key it.
+RESUMABLE_KEYS = {"iterations", "checkpoint_every", "device", "lr"}
+HISTORY_FILE = "history.json"
+# Per-iteration values kept in the history.
+HISTORY_SKIP = {"iteration", "memory_kind", "lr", "rounds"}  # constants of the run live in the set's meta
+
+
+def method_name(objective: str, space: str) -> str:
+    return f"ld3m_{objective}_{space}"
+
+
+def set_name(objective: str, space: str, ipc: int) -> str:
+    return f"{method_name(objective, space)}_ipc{ipc}"
+
+
+def check_run(objective: Any, space: Any) -> None:
+    """Refuse unknown names up front, naming the parameter that holds them."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"ld3m.runs has objective={objective!r}; choose one of {', '.join(OBJECTIVES)} "
+                         "(conf/base/parameters_ld3m.yml)")
+    if space not in SPACES:
+        raise ValueError(f"ld3m.runs has space={space!r} (objective {objective}); choose one of "
+                         f"{', '.join(SPACES)} (conf/base/parameters_ld3m.yml)")
+
+
+def check_ipc(train_set: TensorBundle, ipc: int) -> None:
+    counts = torch.bincount(train_set["labels"].long(), minlength=train_set.num_classes)
+    names = train_set.class_names or [str(k) for k in range(train_set.num_classes)]
+    short = {names[k]: int(n) for k, n in enumerate(counts.tolist()) if n < ipc}
+    if ipc < 1 or short:
+        raise ValueError(f"ipcs contains {ipc}, but the train split has fewer images in classes {short} "
+                         "(class: count); lower `ipcs` in conf/base/parameters.yml or use more data")
+
+
+def _per_ipc(value: Any, ipc: int, name: str) -> Any:
+    """A setting given as one value or as {ipc: value}."""
+    if not isinstance(value, dict):
+        return value
+    table = {int(k): v for k, v in value.items()}
+    if ipc not in table:
+        raise ValueError(f"{name} has no entry for ipc {ipc} (has {sorted(table)}); add one")
+    return table[ipc]
+
+
+def learning_rate(params: dict[str, Any], objective: str, space: str) -> float | None:
+    """`lr.<space>.<objective>`, else `lr.latent.<objective>` for every prior space; None = the core's default."""
+    table = params.get("lr") or {}
+    by_space = table.get(space, table.get("latent") if space != "pixel" else None) or {}
+    value = by_space.get(objective)
+    return None if value is None else float(value)
+
+
+def ld3m_config(params: dict[str, Any], train_set: TensorBundle, device: str, *, objective: str, space: str,
+                ipc: int) -> LD3MConfig:
+    """`params:ld3m` -> the core's config for one run (objective, space, IPC, iterations and lr resolved)."""
+    check_run(objective, space)
+    check_params(params, "ld3m", {"iterations": dict}, {"lr": (dict, None), "net_overrides": (dict, None),
+                                                        "seed": int, "dsa_strategy": str})
+    iterations = params["iterations"]
+    if objective not in iterations:
+        raise ValueError(f"ld3m.iterations needs an entry for objective {objective!r}, e.g. iterations: {{{objective}: 100}}")
+    values = {k: v for k, v in params.items() if k not in NODE_KEYS}
+    values.update(objective=objective, space=space, ipc=ipc, device=device,
+                  iterations=int(_per_ipc(iterations[objective], ipc, f"ld3m.iterations.{objective}")),
+                  lr=learning_rate(params, objective, space),
+                  dsa_strategy=resolve_dsa_strategy(values.get("dsa_strategy", "auto"), train_set))
+    config = LD3MConfig.from_dict(values)
+    config.validate()
+    return config
+
+
+def require_matching_experts(experts: TensorBundle, train_fingerprint: str, arch: str,
+                             overrides: dict[str, Any]) -> None:
+    """MTT lineage: the experts must come from this train split and this matching net."""
+    meta = experts.meta
+    made_from, made_arch = meta.get("train_set_fingerprint"), meta.get("arch")
+    made_overrides = meta.get("net_overrides") or {}
+    if made_from != train_fingerprint:
+        raise ValueError(
+            f"expert_trajectories were trained on train_set {made_from} but the loaded train_set is "
+            f"{train_fingerprint}; re-run `kedro run --pipelines experts` on this train set, or pin matching "
+            "versions with --load-versions")
+    if made_arch != arch or made_overrides != overrides:
+        raise ValueError(
+            f"expert_trajectories were trained with arch {made_arch!r} (overrides {made_overrides}) but ld3m.mtt.net "
+            f"is {arch!r} (ld3m.net_overrides {overrides}); set experts.net / experts.net_overrides to match and "
+            "re-run `kedro run --pipelines experts`, or change ld3m.mtt.net")
+
+
+def _meta_fingerprint(meta: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _load_history(scratch: Path) -> dict[str, list[float]]:
+    """Per-iteration metrics of a killed run, cut to its last checkpoint (the iterations it will not redo)."""
+    saved, path = load_checkpoint(scratch), scratch / HISTORY_FILE
+    if saved is None or not path.is_file():
+        return {}
+    step = saved[0].step
+    return {k: v[:step] for k, v in json.loads(path.read_text()).items()}
+
+
+def _save_history(scratch: Path, history: dict[str, list[float]]) -> None:
+    tmp = scratch / f".{HISTORY_FILE}.partial"
+    tmp.write_text(json.dumps(history))
+    os.replace(tmp, scratch / HISTORY_FILE)
+
+
+def distill_ld3m_set(train_set: TensorBundle, params: dict[str, Any], device: str,
+                     prior_model: Any = None, expert_trajectories: TensorBundle | None = None, *,
+                     objective: str, space: str, ipc: int):
+    """Distill IPC images per class with LD3M (or a pixel / ablation space); returns the distilled set, its grid,
+    the learned state (Z, c, stored noise, labels), the per-iteration MLflow history and the ‖∂L/∂Z‖ record."""
+    name = set_name(objective, space, ipc)
+    check_run(objective, space)
+    check_ipc(train_set, ipc)
+    config = ld3m_config(params, train_set, device, objective=objective, space=space, ipc=ipc)
+    images = train_set["images"]
+    fingerprint = data_fingerprint(train_set)
+    lineage: dict[str, Any] = {"train_set_fingerprint": fingerprint}
+    prior = None
+    if space != "pixel":
+        if prior_model is None:
+            raise ValueError(f"{name}: space {space!r} needs prior_model; run `kedro run --pipelines prior` first")
+        prior = prior_model.to(device)
+        prior.check_dataset(num_classes=train_set.num_classes, channels=int(images.shape[1]))
+        lineage["prior_fingerprint"] = module_fingerprint(prior)
+    overrides = dict(params.get("net_overrides") or {})
+    experts = None
+    if objective == "mtt":
+        if expert_trajectories is None:
+            raise ValueError(f"{name}: objective mtt needs expert_trajectories; run `kedro run --pipelines experts`")
+        require_matching_experts(expert_trajectories, fingerprint, config.mtt.net, overrides)
+        experts = list(expert_trajectories["trajectories"].unbind(0))
+        lineage["experts_fingerprint"] = _meta_fingerprint(expert_trajectories.meta)
+    factory = None
+    if overrides:
+        factory = matching_net_factory(getattr(config, objective).net, overrides, train_set)
+
+    key = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_KEYS}
+    scratch = scratch_dir("ld3m", name, key, overrides, lineage)
+    scratch.mkdir(parents=True, exist_ok=True)
+    history = _load_history(scratch)
+    if history:
+        logger.info("%s: resuming from %s after %d iterations", name, scratch, len(history.get("loss", [])))
+
+    def on_step(metrics: dict[str, Any]) -> None:
+        for metric, value in metrics.items():
+            if metric not in HISTORY_SKIP:
+                history.setdefault(metric, []).append(float(value))
+        step = metrics["iteration"] + 1
+        if step % config.checkpoint_every == 0 or step == config.iterations:  # the core checkpoints right after
+            _save_history(scratch, history)
+        if step % max(1, config.iterations // 10) == 0:
+            logger.info("%s iteration %d/%d: loss %.4g (%.2f s/it)", name, step, config.iterations,
+                        metrics["loss"], metrics["time_s"])
+
+    result = distill_ld3m(train_set, prior, config, experts=experts, checkpoint_dir=scratch, on_step=on_step,
+                          net_factory=factory, class_names=train_set.class_names)
+    extra = {**real_split_meta(train_set), "set": name, "dsa_strategy": config.dsa_strategy,
+             "net_overrides": overrides, **lineage}
+    distilled = TensorBundle(result.images.tensors, {**result.images.meta, **extra})
+    state = TensorBundle(result.state.tensors, {**result.state.meta, **extra, "kind": "ld3m_state"})
+    shutil.rmtree(scratch, ignore_errors=True)  # finished: the artifacts hold everything
+    gradients = gradient_record(history, config, name)
+    return distilled, image_grid(distilled["images"], distilled["labels"]), state, as_mlflow_history(history), gradients
+
+
+def gradient_record(history: dict[str, list[float]], config: LD3MConfig, name: str) -> dict[str, Any]:
+    """Per-iteration gradient norms (the report's SNR plot reads `grad_norm`: ‖∂L/∂Z‖, or the learnable that
+    the space has instead: c for condition_only, the images for pixel)."""
+    main = {"pixel": "grad_norm_images", "condition_only": "grad_norm_conditions"}.get(config.space,
+                                                                                      "grad_norm_latents")
+    return {"set": name, "objective": config.objective, "space": config.space, "ipc": config.ipc,
+            "iterations": config.iterations, "lr": config.learning_rate(), "grad_norm_of": main[len("grad_norm_"):],
+            "grad_norm": history.get(main, []), "loss": history.get("loss", []),
+            **{k: v for k, v in history.items() if k.startswith("grad_norm_")}}

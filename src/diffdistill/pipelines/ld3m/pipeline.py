@@ -1,0 +1,51 @@
+"""`ld3m` pipeline: one namespace per (objective, space, IPC), e.g. `ld3m_dm_latent_ipc1`.
+
+Which (objective, space) pairs exist is `ld3m.runs` in conf/base (read when the graph is built, like `ipcs`).
+"""
+
+from kedro.pipeline import Node, Pipeline
+
+from diffdistill.pipelines.common import base_parameters, bind, set_names
+from diffdistill.pipelines.ld3m.nodes import check_run, distill_ld3m_set, method_name, set_name
+
+OUTPUTS = ["distilled_set", "distilled_grid", "ld3m_state", "ld3m_history", "ld3m_gradients"]
+
+
+def ld3m_runs() -> list[tuple[str, str]]:
+    """(objective, space) pairs of conf/base `ld3m.runs`, checked."""
+    runs = []
+    for entry in base_parameters("ld3m.runs"):
+        if not isinstance(entry, dict) or set(entry) != {"objective", "space"}:
+            raise ValueError(f"ld3m.runs entries look like {{objective: dm, space: latent}}, got {entry!r}")
+        check_run(entry["objective"], entry["space"])
+        runs.append((entry["objective"], entry["space"]))
+    if len(set(runs)) != len(runs):
+        raise ValueError(f"ld3m.runs lists a pair twice: {runs}")
+    return runs
+
+
+def ld3m_methods() -> list[str]:
+    """Method names (`ld3m_<objective>_<space>`); the evaluate pipeline adds `_ipc<N>`."""
+    return [method_name(objective, space) for objective, space in ld3m_runs()]
+
+
+def ld3m_sets() -> list[str]:
+    return set_names(ld3m_methods(), [int(i) for i in base_parameters("ipcs")])
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    ipcs = [int(i) for i in base_parameters("ipcs")]
+    pipelines = []
+    for objective, space in ld3m_runs():
+        inputs = {"train_set": "train_set", "params": "params:ld3m", "device": "params:device"}
+        if space != "pixel":
+            inputs["prior_model"] = "prior_model"
+        if objective == "mtt":
+            inputs["expert_trajectories"] = "expert_trajectories"
+        shared = {name for key, name in inputs.items() if not name.startswith("params:")}
+        for ipc in ipcs:
+            node = Node(bind(distill_ld3m_set, objective=objective, space=space, ipc=ipc), inputs=inputs,
+                        outputs=OUTPUTS, name="distill_ld3m_set")
+            pipelines.append(Pipeline([node], namespace=set_name(objective, space, ipc), inputs=shared,
+                                      parameters={"params:ld3m", "params:device"}))
+    return sum(pipelines, Pipeline([]))
