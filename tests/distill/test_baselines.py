@@ -11,14 +11,6 @@ from diffdistill.data.bundle import TensorBundle
 from diffdistill.distill.baselines import herding_order, herding_subset, random_real_subset
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _real(per_class: list[int], seed: int = 0, size: int = 8) -> TensorBundle:
     g = torch.Generator().manual_seed(seed)
     labels = torch.cat([torch.full((n,), c) for c, n in enumerate(per_class)])

@@ -106,7 +106,10 @@ def test_norm_layers_really_normalise(name: str, overrides: dict, kind: type, co
             continue  # a 1×1 map normalises to exactly 0: nothing to measure
         torch.testing.assert_close(out.mean(dim=dims), torch.zeros_like(out.mean(dim=dims)), atol=1e-4, rtol=0)
         var = out.var(dim=dims, unbiased=False)
-        assert ((var - 1).abs() < 0.05).all()  # eps = 1e-5 shrinks tiny-variance channels a little
+        unit = (var - 1).abs() < 0.05
+        # eps = 1e-5 shrinks the variance of channels whose input variance is ~1e-4 (a few on 2×2 maps,
+        # where a channel can even be constant after ReLU): nearly all, not all, are at unit variance.
+        assert (var < 1.05).all() and unit.float().mean() > 0.99
 
 
 @pytest.mark.parametrize("name", ["convnet_nonorm", "alexnet"])

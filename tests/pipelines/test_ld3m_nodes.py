@@ -12,11 +12,11 @@ from diffusers import DDIMScheduler
 from kedro.io.core import Version
 
 from diffdistill.data.bundle import TensorBundle
+from diffdistill.datasets import AtomicJSONDataset
 from diffdistill.evaluation import channel_stats
 from diffdistill.pipelines import common
 from diffdistill.pipelines.experts.nodes import train_expert_trajectories
 from diffdistill.pipelines.ld3m import nodes
-from diffdistill.pipelines.ld3m.datasets import OptionalJSONDataset
 from diffdistill.pipelines.report.nodes import gradient_snr_plot, rolling_snr
 
 NUM_CLASSES, SIDE = 3, 8
@@ -199,11 +199,11 @@ def test_rolling_snr_is_rolling_mean_over_rolling_std():
 
 
 def test_gradient_snr_plot_skips_sets_that_have_not_run(tmp_path):
-    versioned = OptionalJSONDataset(filepath=str(tmp_path / "v.json"), version=Version(None, None), optional=True)
+    versioned = AtomicJSONDataset(filepath=str(tmp_path / "v.json"), version=Version(None, None), optional=True)
     assert versioned.load() is None
     record = {"objective": "dm", "space": "latent", "ipc": 1, "grad_norm": [1.0, 2.0, 1.5, 2.5, 1.0]}
     versioned.save(record)
-    assert OptionalJSONDataset(filepath=str(tmp_path / "v.json"), version=Version(None, None)).load() == record
+    assert AtomicJSONDataset(filepath=str(tmp_path / "v.json"), version=Version(None, None)).load() == record
     image = gradient_snr_plot({"snr_window": 3}, record, None, {**record, "space": "no_residual"})
     assert image.size[0] > 100 and image.mode == "RGB"
     assert gradient_snr_plot({}, None, None).size[0] > 100

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from kedro.io.core import DatasetError, get_filepath_str
+from kedro.io.core import DatasetError, VersionNotFoundError, get_filepath_str
 from kedro_datasets._typing import JSONPreview
 from kedro_datasets.json import JSONDataset
 
@@ -42,7 +42,24 @@ def commit_local_dir(tmp_dir: Path, final_dir: Path) -> None:
 
 
 class AtomicJSONDataset(JSONDataset):
-    """kedro-datasets' JSONDataset, saved atomically, with a JSON preview for kedro-viz."""
+    """kedro-datasets' JSONDataset, saved atomically, with a JSON preview for kedro-viz.
+
+    `optional: true` makes loading a never-saved artifact return None (reports over many sets skip the
+    ones whose pipeline has not run yet).
+    """
+
+    def __init__(self, *, optional: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._optional = optional
+
+    def _missing(self) -> bool:
+        if not self._optional:
+            return False
+        try:
+            self.resolve_load_version()
+        except VersionNotFoundError:
+            return True
+        return False
 
     def save(self, data: Any) -> None:
         save_path = get_filepath_str(self._get_save_path(), self._protocol)
@@ -51,6 +68,8 @@ class AtomicJSONDataset(JSONDataset):
         self._invalidate_cache()
 
     def load(self) -> Any:
+        if self._missing():
+            return None
         load_path = get_filepath_str(self._get_load_path(), self._protocol)
         with self._fs.open(load_path, "rb") as handle:
             payload = handle.read()

@@ -88,7 +88,8 @@ VGG11_LAYOUT = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 class VGG11(Classifier):
     """VGG11 with conv3×3 → norm → ReLU blocks (`instance` as in GLaD, or real `batch` norm).
 
-    A max-pool is skipped once the map is 1×1, so the net runs from 8 px up; the final
+    A max-pool is skipped once the map is 2×2 (instance norm of a 1×1 map is identically zero, which
+    silenced every layer after it at 16 px), so the net runs from 8 px up; the final
     map is adaptively max-pooled to at most 7×7 (GLaD pools to exactly 7×7, which only
     replicates cells below 224 px) and flattened into a single linear head. `width` (64)
     scales every layer (w, 2w, 4w, 4w, 8w, ...).
@@ -102,7 +103,7 @@ class VGG11(Classifier):
         channels, side = in_channels, image_size
         for item in VGG11_LAYOUT:
             if item == "M":
-                if side >= 2:
+                if side >= 4:
                     layers.append(nn.MaxPool2d(2))
                     side //= 2
                 continue

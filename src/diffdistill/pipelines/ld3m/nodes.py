@@ -193,6 +193,8 @@ def distill_ld3m_set(train_set: TensorBundle, params: dict[str, Any], device: st
     state = TensorBundle(result.state.tensors, {**result.state.meta, **extra, "kind": "ld3m_state"})
     shutil.rmtree(scratch, ignore_errors=True)  # finished: the artifacts hold everything
     gradients = gradient_record(history, config, name)
+    logger.info("%s: %d iterations, %.1f s of distillation, final loss %.4g", name, config.iterations,
+                sum(history.get("time_s", [])), (history.get("loss") or [float("nan")])[-1])
     return distilled, image_grid(distilled["images"], distilled["labels"]), state, as_mlflow_history(history), gradients
 
 

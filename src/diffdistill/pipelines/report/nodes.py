@@ -62,6 +62,16 @@ def visible(table: pd.DataFrame) -> pd.DataFrame:
     return table[[c for c in table.columns if not c.startswith("_") and c != "set"]] if not table.empty else table
 
 
+def figure_image(fig: Any) -> Image.Image:
+    """A matplotlib figure as an RGB PIL image (closes the figure)."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
 def numeric(table: pd.DataFrame, archs: list[str]) -> pd.DataFrame:
     """The machine-readable table: numbers, one mean and one std column per architecture."""
     columns = {"IPC": "ipc", "space": "space", "method": "method", "set": "set"}
@@ -86,12 +96,7 @@ def bar_plot(table: pd.DataFrame, archs: list[str]) -> Image.Image:
         ax.legend(fontsize=7, ncol=len(archs))
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Cross-architecture evaluation (mean ± std over seeds, final epoch)", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
+    return figure_image(fig)
 
 
 def build_report(params: dict[str, Any], *results: dict[str, Any]) -> tuple[str, str, str, Image.Image, dict]:
@@ -157,9 +162,4 @@ def gradient_snr_plot(params: dict[str, Any], *records: dict[str, Any] | None) -
         ax.set_xlabel("distillation iteration")
         ax.set_ylabel(f"SNR of ‖∂L/∂Z‖ (window {window})")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
+    return figure_image(fig)
