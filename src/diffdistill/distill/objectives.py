@@ -112,6 +112,18 @@ class RealImages:
         return self.normalize(to_unit(pool[index]).to(device))
 
 
+def _class_batches(objective, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
+    """Per class present in `labels`: (label, its indices, an augmented real batch, the augmented synthetic images),
+    with the same DSA parameters on both (siamese)."""
+    syn_all = objective.real.normalize(images)
+    for label, index in enumerate(_class_indices(labels, objective.real.num_classes)):
+        if index.numel() == 0:
+            continue
+        real = objective.real.sample(label, objective.config.batch_real, generator, objective.device)
+        real, syn = _augment_pair(objective.augment, real, syn_all[index], generator)
+        yield label, index, real, syn
+
+
 def _augment_pair(augment: Augment | None, real: torch.Tensor, syn: torch.Tensor, generator: torch.Generator):
     """Siamese DSA: one parameter draw for this (class, round), applied to both batches."""
     if augment is None:
@@ -197,13 +209,8 @@ class GradientMatching:
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         params = [p for p in self.net.parameters() if p.requires_grad]
-        syn_all = self.real.normalize(images)
         total = images.new_zeros(())
-        for label, index in enumerate(_class_indices(labels, self.real.num_classes)):
-            if index.numel() == 0:
-                continue
-            real = self.real.sample(label, self.config.batch_real, generator, self.device)
-            real, syn = _augment_pair(self.augment, real, syn_all[index], generator)
+        for label, index, real, syn in _class_batches(self, images, labels, generator):
             grads_real = torch.autograd.grad(
                 F.cross_entropy(self.net(real), torch.full((real.shape[0],), label, device=real.device)), params
             )
@@ -272,13 +279,8 @@ class DistributionMatching:
         return 1
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        syn_all = self.real.normalize(images)
         total = images.new_zeros(())
-        for label, index in enumerate(_class_indices(labels, self.real.num_classes)):
-            if index.numel() == 0:
-                continue
-            real = self.real.sample(label, self.config.batch_real, generator, self.device)
-            real, syn = _augment_pair(self.augment, real, syn_all[index], generator)
+        for _label, _index, real, syn in _class_batches(self, images, labels, generator):
             gap = self.net.features(real).mean(0) - self.net.features(syn).mean(0)
             total = total + gap.square().sum()
         return total

@@ -400,18 +400,9 @@ def train_and_evaluate(
     protocol = get_protocol(protocol)
     train_images = _checked_train(train, allow_unbalanced)[0]
     _checked_split(test, train_images, train.num_classes, "test")
-    model, history = fit(
-        train,
-        arch=arch,
-        protocol=protocol,
-        seed=seed,
-        device=device,
-        teacher=teacher,
-        val=val,
-        allow_unbalanced=allow_unbalanced,
-        callback=callback,
-        net_overrides=net_overrides,
-    )
+    model = train_classifier(train, arch=arch, protocol=protocol, seed=seed, device=device, teacher=teacher, val=val,
+                             allow_unbalanced=allow_unbalanced, callback=callback, net_overrides=net_overrides)
+    history = model.training_history
     test_images, test_labels = test["images"], test["labels"]
     accuracy, loss = evaluate_accuracy(
         model, test_images, test_labels, device=device, batch_size=protocol.eval_batch_size
