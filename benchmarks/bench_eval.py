@@ -1,7 +1,9 @@
 """Throughput of the evaluation training loop vs a plain DataLoader loop on the same ConvNet and data.
 
 Ours: `diffdistill.evaluation.fit` (data resident on the device, seeded index permutation,
-batched DSA on the device, loss summed on the device and read once per epoch).
+batched DSA on the device, loss summed on the device and read once per epoch), measured twice:
+in float32 (the same arithmetic as the baseline: the loop's own overhead) and with the protocol's
+`precision: bf16` (bfloat16 autocast of forward and loss; float32 weights and optimiser).
 Baseline: the reference pattern — `TensorDataset` + `DataLoader(shuffle=True)`, per batch
 a host→device copy, the same DSA, the same net / SGD step, and `loss.item()` every batch.
 
@@ -37,8 +39,8 @@ def make_data(n: int, size: int, channels: int, classes: int) -> TensorBundle:
     return TensorBundle({"images": images, "labels": labels}, {"num_classes": classes})
 
 
-def ours(data: TensorBundle, epochs: int, batch: int, width: int, device: torch.device) -> float:
-    protocol = get_protocol("dc", epochs=epochs, batch_size=batch)
+def ours(data: TensorBundle, epochs: int, batch: int, width: int, device: torch.device, precision: str) -> float:
+    protocol = get_protocol("dc", epochs=epochs, batch_size=batch, precision=precision)
     fit(
         data,
         arch="convnet",
@@ -113,18 +115,19 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     data = make_data(args.n, args.size, args.channels, args.classes)
-    bases, mines = [], []
-    for _ in range(args.repeats):  # alternating, so load from other processes hits both alike
+    bases, mines, halves = [], [], []
+    for _ in range(args.repeats):  # alternating, so load from other processes hits all alike
         bases.append(dataloader_baseline(data, args.epochs, args.batch, args.width, device))
-        mines.append(ours(data, args.epochs, args.batch, args.width, device))
-    base, mine = sorted(bases)[len(bases) // 2], sorted(mines)[len(mines) // 2]
+        mines.append(ours(data, args.epochs, args.batch, args.width, device, "fp32"))
+        halves.append(ours(data, args.epochs, args.batch, args.width, device, "bf16"))
+    base, mine, half = (sorted(v)[len(v) // 2] for v in (bases, mines, halves))
     print(
         f"device={device} n={args.n} size={args.size} batch={args.batch} width={args.width} epochs={args.epochs} "
         f"threads={torch.get_num_threads()} repeats={args.repeats} (medians)"
     )
     print(f"DataLoader + per-batch DSA loop : {base:10.1f} images/s")
-    print(f"diffdistill.evaluation.fit      : {mine:10.1f} images/s")
-    print(f"speed-up                        : {mine / base:10.2f}x")
+    print(f"diffdistill.evaluation.fit fp32 : {mine:10.1f} images/s   speed-up {mine / base:5.2f}x")
+    print(f"diffdistill.evaluation.fit bf16 : {half:10.1f} images/s   speed-up {half / base:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -228,3 +228,39 @@ def test_adapter_config_is_json_with_the_mapping(tmp_path) -> None:
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config["class_ids"] == [2, 1, 0] and config["vae_class"] == "VQModel"
     assert config["denoiser_class"] == "DiTTransformer2DModel" and config["conditioning"] == "dit_shared"
+
+
+def test_data_size_resizes_to_the_native_size_and_back(tmp_path) -> None:
+    """128-px data through a 256-px DiT, in miniature: 4-px data through an 8-px prior."""
+    import torch.nn.functional as F
+
+    native = build_prior("kl", "dit_shared")
+    prior = build_prior("kl", "dit_shared", data_size=4)
+    prior.load_state_dict(native.state_dict())
+    small = F.interpolate(tiny_images(), size=(4, 4), mode="bilinear", antialias=True, align_corners=False)
+    with torch.no_grad():
+        z = prior.encode(small)
+        upsampled = F.interpolate(small, size=(8, 8), mode="bilinear", antialias=True, align_corners=False)
+        torch.testing.assert_close(z, native.encode(upsampled))  # the denoiser sees native-size latents
+        assert tuple(z.shape[1:]) == native.latent_shape
+        decoded = prior.decode(z)
+        expected = F.interpolate(native.decode(z), size=(4, 4), mode="bilinear", antialias=True, align_corners=False)
+        torch.testing.assert_close(decoded, expected)
+    assert (prior.data_size, prior.image_size) == (4, 8)
+    prior.check_dataset(image_size=4)
+    with pytest.raises(ValueError, match="set up for 4-px data"):
+        prior.check_dataset(image_size=8)
+    with pytest.raises(ValueError, match="set up for 4-px data"):
+        prior.encode(tiny_images())
+    # gradients flow through the resize (LD3M back-props dL/dX through decode)
+    latents = z.clone().requires_grad_(True)
+    prior.decode(latents).sum().backward()
+    assert latents.grad is not None and latents.grad.abs().sum() > 0
+    prior.save_pretrained(tmp_path / "prior")
+    loaded = LatentPrior.from_pretrained(tmp_path / "prior")
+    assert loaded.data_size == 4 and json.loads((tmp_path / "prior" / "adapter_config.json").read_text())["data_size"] == 4
+    with torch.no_grad():
+        assert torch.equal(loaded.decode(z), decoded)
+    assert build_prior("kl", "dit_shared", data_size=8).data_size == 8  # the native size is no resize
+    with pytest.raises(ValueError, match="data_size"):
+        build_prior("kl", "dit_shared", data_size=0)

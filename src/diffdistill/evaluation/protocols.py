@@ -31,6 +31,7 @@ from diffdistill.nets import arch_family
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "warmup_cosine", "cosine", "constant")
 AUGMENTS = ("dsa", "crop_flip", "none")
+PRECISIONS = ("fp32", "bf16")
 LOSSES = ("ce", "soft_label")
 
 
@@ -57,6 +58,9 @@ class ProtocolConfig:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     eval_batch_size: int = 512
+    # "bf16": forward and loss under bfloat16 autocast (weights, optimiser state and the test pass stay float32).
+    # ~1.8x faster on CPUs with AVX512-BF16/AMX and on recent GPUs; "fp32" is the papers' setting.
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -64,6 +68,7 @@ class ProtocolConfig:
             ("schedule", self.schedule, SCHEDULES),
             ("augment", self.augment, AUGMENTS),
             ("loss", self.loss, LOSSES),
+            ("precision", self.precision, PRECISIONS),
         ):
             if value not in allowed:
                 raise ValueError(f"ProtocolConfig.{name} must be one of {allowed}, got {value!r}")

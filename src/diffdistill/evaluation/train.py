@@ -283,6 +283,7 @@ def fit(
     # per-epoch (loss sum, correct count) stay on the device: no host sync per epoch unless someone asks
     totals = torch.zeros(protocol.epochs, 2, device=device)
     history: dict[str, Any] = {"val_accuracy": [], "lr": []}
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=protocol.precision == "bf16")
     step, started = 0, time.perf_counter()
     for epoch in range(protocol.epochs):
         net.train()
@@ -295,13 +296,14 @@ def fit(
                 x = cutmix(x, data_generator)[0]
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(protocol, step, total_steps, base_lr)
-            logits = net(x)
-            if protocol.loss == "soft_label":
-                with torch.no_grad():
-                    teacher_logits = teacher(x * model.std + model.mean)  # teachers take [0, 1] images
-                loss = soft_label_loss(logits, teacher_logits, protocol.temperature)
-            else:
-                loss = F.cross_entropy(logits, y)
+            with autocast:
+                logits = net(x)
+                if protocol.loss == "soft_label":
+                    with torch.no_grad():
+                        teacher_logits = teacher(x * model.std + model.mean)  # teachers take [0, 1] images
+                    loss = soft_label_loss(logits.float(), teacher_logits.float(), protocol.temperature)
+                else:
+                    loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -42,6 +42,7 @@ from diffusers import (
 )
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn import functional as F
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 LABEL_TABLE_NAME = "label_table.safetensors"
@@ -160,6 +161,7 @@ class LatentPrior(nn.Module):
         class_ids: Sequence[int] | None = None,
         class_names: Sequence[str] | None = None,
         default_guidance: float = 1.0,
+        data_size: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(vae, tuple(VAE_CLASSES.values())):
@@ -198,6 +200,11 @@ class LatentPrior(nn.Module):
         self.register_buffer("class_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
         self.class_names = list(class_names) if class_names is not None else None
         self.default_guidance = float(default_guidance)
+        if data_size is not None and (isinstance(data_size, bool) or not isinstance(data_size, int) or data_size < 1):
+            raise ValueError(f"data_size={data_size!r} must be a positive int (the dataset's image side) or None")
+        # Data at another resolution (ImageNet subsets at 128 px through a 256-px DiT, as in the papers):
+        # encode resizes up to the native size and decode resizes back, so the LDM always runs on its own latent size.
+        self._data_size = None if data_size == self.image_size else data_size
         self.eval()
 
     # ----------------------------------------------------------------- properties
@@ -217,6 +224,11 @@ class LatentPrior(nn.Module):
     @property
     def image_size(self) -> int:
         return self.latent_shape[1] * vae_downsampling_factor(self.vae)
+
+    @property
+    def data_size(self) -> int:
+        """Side of the images `encode` takes and `decode` returns (the native `image_size` unless set)."""
+        return self._data_size or self.image_size
 
     @property
     def image_channels(self) -> int:
@@ -287,7 +299,7 @@ class LatentPrior(nn.Module):
         if channels != self.image_channels:
             raise ValueError(f"{name} have {channels} channels but the prior's VAE takes {self.image_channels}")
         if height != width:
-            raise ValueError(f"{name} are {height}×{width}; the prior takes square {self.image_size}-px images")
+            raise ValueError(f"{name} are {height}×{width}; the prior takes square {self.data_size}-px images")
         self.check_dataset(image_size=height)
 
     def check_dataset(self, *, num_classes: int | None = None, image_size: int | None = None,
@@ -301,14 +313,19 @@ class LatentPrior(nn.Module):
         if channels is not None and channels != self.image_channels:
             raise ValueError(f"the dataset has {channels}-channel images but the prior's VAE takes "
                              f"{self.image_channels}; convert the data or use another VAE")
-        if image_size is not None:
+        if image_size is not None and self._data_size is not None:
+            if image_size != self._data_size:
+                raise ValueError(f"image_size={image_size} but this prior was set up for {self._data_size}-px data "
+                                 f"(resized to its native {self.image_size} px); rebuild the prior for this data")
+        elif image_size is not None:
             factor = vae_downsampling_factor(self.vae)
             if image_size % factor:
                 raise ValueError(f"image_size={image_size} is not divisible by the VAE's downsampling factor "
                                  f"{factor}; resize the data to {self.image_size} px")
             if image_size != self.image_size:
                 raise ValueError(f"image_size={image_size} but the denoiser works on {self.latent_shape[1]}-px "
-                                 f"latents, i.e. {self.image_size}-px images; resize the data to {self.image_size}")
+                                 f"latents, i.e. {self.image_size}-px images; resize the data to {self.image_size} "
+                                 "or build the prior with data_size (prior.data_size in parameters)")
 
     def check_latents(self, latents: torch.Tensor, name: str = "latents") -> None:
         if latents.dim() != 4 or tuple(latents.shape[1:]) != self.latent_shape:
@@ -320,6 +337,8 @@ class LatentPrior(nn.Module):
         """[-1, 1] images -> scaled latents (posterior mean unless `sample`)."""
         self.check_images(images)
         x = images.to(parameter_dtype(self.vae))
+        if self._data_size is not None:
+            x = F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
         if isinstance(self.vae, AutoencoderKL):
             posterior = self.vae.encode(x).latent_dist
             z = posterior.sample(generator=generator) if sample else posterior.mean
@@ -334,7 +353,11 @@ class LatentPrior(nn.Module):
         """Scaled latents -> images in about [-1, 1] (unclamped). VQ VAEs quantise (straight-through)."""
         self.check_latents(latents)
         z = latents.to(parameter_dtype(self.vae)) / self.scaling_factor + self.shift_factor
-        return self.vae.decode(z).sample.to(latents.dtype)
+        images = self.vae.decode(z).sample
+        if self._data_size is not None:
+            images = F.interpolate(images, size=(self._data_size,) * 2, mode="bilinear", antialias=True,
+                                   align_corners=False)
+        return images.to(latents.dtype)
 
     # ----------------------------------------------------------------- conditioning
     def condition(self, labels: torch.Tensor) -> torch.Tensor:
@@ -394,6 +417,7 @@ class LatentPrior(nn.Module):
             "class_names": self.class_names,
             "default_guidance": self.default_guidance,
             "image_size": self.image_size,
+            "data_size": self._data_size,
             "latent_shape": list(self.latent_shape),
             "scaling_factor": self.scaling_factor,
             "shift_factor": self.shift_factor,
@@ -448,7 +472,8 @@ class LatentPrior(nn.Module):
             raise ValueError(f"{root / LABEL_TABLE_NAME} is not a readable label table ({type(exc).__name__}: "
                              f"{exc}); it was truncated or edited: re-save the prior") from exc
         prior = cls(vae, denoiser, scheduler_config, label_table=table, class_ids=config["class_ids"],
-                    class_names=config.get("class_names"), default_guidance=config.get("default_guidance", 1.0))
+                    class_names=config.get("class_names"), default_guidance=config.get("default_guidance", 1.0),
+                    data_size=config.get("data_size"))
         return prior.to(device)
 
 

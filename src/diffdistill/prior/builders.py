@@ -142,7 +142,8 @@ def scheduler_config_from(scheduler: str | Path | dict[str, Any] | None) -> dict
 
 def load_dit_folder(directory: str | Path, *, class_ids: Sequence[int] | None = None,
                     class_names: Sequence[str] | None = None, torch_dtype: torch.dtype | None = None,
-                    device: str | torch.device = "cpu", default_guidance: float = 4.0) -> LatentPrior:
+                    device: str | torch.device = "cpu", default_guidance: float = 4.0,
+                    data_size: int | None = None) -> LatentPrior:
     """A DiT pipeline folder (`transformer/`, `vae/`, `scheduler/`) as a prior.
 
     ImageNet DiTs have 1000 classes + null row 1000; map a 10-class dataset with
@@ -155,7 +156,7 @@ def load_dit_folder(directory: str | Path, *, class_ids: Sequence[int] | None = 
     denoiser = load_model(root / "transformer", {"DiTTransformer2DModel": DiTTransformer2DModel}, torch_dtype)
     vae = load_vae(root / "vae", torch_dtype)
     prior = LatentPrior(vae, denoiser, scheduler_config_from(root / "scheduler"), class_ids=class_ids,
-                        class_names=class_names, default_guidance=default_guidance)
+                        class_names=class_names, default_guidance=default_guidance, data_size=data_size)
     return prior.to(device)
 
 
@@ -165,7 +166,7 @@ def load_components(vae: str | Path | nn.Module, denoiser: str | Path | nn.Modul
                     class_ids: Sequence[int] | None = None, class_names: Sequence[str] | None = None,
                     scaling_factor: float | None = None, shift_factor: float | None = None,
                     torch_dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-                    default_guidance: float = 1.0) -> LatentPrior:
+                    default_guidance: float = 1.0, data_size: int | None = None) -> LatentPrior:
     """A prior from separate components (folders or modules).
 
     `scheduler` None means DDPM's 1000 linear betas (1e-4..0.02), eps-prediction.
@@ -185,5 +186,6 @@ def load_components(vae: str | Path | nn.Module, denoiser: str | Path | nn.Modul
     if isinstance(label_table, (str, Path)):
         table = load_file(Path(label_table))["weight"]
     prior = LatentPrior(vae_model, denoiser_model, scheduler_config_from(scheduler), label_table=table,
-                        class_ids=class_ids, class_names=class_names, default_guidance=default_guidance)
+                        class_ids=class_ids, class_names=class_names, default_guidance=default_guidance,
+                        data_size=data_size)
     return prior.to(device)

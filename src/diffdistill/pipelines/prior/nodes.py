@@ -46,16 +46,18 @@ def _class_ids(params: dict[str, Any], num_classes: int) -> list[int] | None:
 def _load_pretrained(params: dict[str, Any], train_set: TensorBundle, device: str) -> LatentPrior:
     source = params["source"]
     ids = _class_ids(params, train_set.num_classes)
+    # A pretrained prior serves the data at the data's resolution (resized to and from its native size).
+    data_size = int(train_set["images"].shape[-1])
     if source == "dit_folder" or (source == "fine_tune" and params.get("dit_folder")):
         check_params(params, "prior", {"dit_folder": str})
         prior = load_dit_folder(params["dit_folder"], class_ids=ids, class_names=train_set.class_names,
-                                device=device)
+                                device=device, data_size=data_size)
     else:
         check_params(params, "prior", {"components": dict})
         parts = params["components"]
         check_params(parts, "prior.components", {"vae": str, "denoiser": str}, {"scheduler": (str, None)})
         prior = load_components(parts["vae"], parts["denoiser"], parts.get("scheduler"), class_ids=ids,
-                                class_names=train_set.class_names, device=device)
+                                class_names=train_set.class_names, device=device, data_size=data_size)
     images = train_set["images"]
     prior.check_dataset(num_classes=train_set.num_classes, image_size=int(images.shape[-1]),
                         channels=int(images.shape[1]))
