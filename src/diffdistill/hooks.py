@@ -39,6 +39,14 @@ class RuntimeHook:
             if not isinstance(threads, int) or threads < 1:
                 raise ValueError(f"parameter torch_threads={threads!r} must be null or an int >= 1")
             torch.set_num_threads(threads)
+        precision = context.params.get("float32_matmul_precision")
+        if precision is not None:
+            import torch
+
+            if precision not in ("highest", "high", "medium"):
+                raise ValueError(f"parameter float32_matmul_precision={precision!r} must be null, 'highest', 'high' "
+                                 "(TF32 tensor cores on CUDA) or 'medium'")
+            torch.set_float32_matmul_precision(precision)
 
 
 def git_state(project_path: Path) -> dict[str, Any]:
@@ -138,7 +146,9 @@ class LineageHook:
         if self._mlflow_run_id is None:
             self._mlflow_run_id = _active_mlflow_run_id()
             self._record["mlflow_run_id"] = self._mlflow_run_id
-
+        # Rewritten after every save: a run killed later (SIGKILL runs no hook) still leaves every version
+        # it saved traceable, under status "running".
+        self._persist("running")
         self._log_artifact(dataset_name)
 
     def _log_artifact(self, dataset_name: str) -> None:
@@ -180,6 +190,12 @@ class LineageHook:
     def _write(self, status: str) -> None:
         if not self._record:
             return
+        record, path = self._persist(status)
+        _tag_mlflow_run(self._mlflow_run_id, record, path)
+        self._record = {}
+
+    def _persist(self, status: str) -> tuple[dict[str, Any], Path]:
+        """Write the record so far to data/lineage/<save_version>.json (atomically)."""
         record = {**self._record, "status": status}
         # Only versioned artifacts take part in lineage; memory datasets have no version.
         record["inputs"] = {k: v for k, v in record["inputs"].items() if k not in record["outputs"]}
@@ -189,8 +205,7 @@ class LineageHook:
         tmp = path.with_name(f".{path.name}.partial")
         tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
         os.replace(tmp, path)
-        _tag_mlflow_run(self._mlflow_run_id, record, path)
-        self._record = {}
+        return record, path
 
 
 def _saved_path(dataset: Any) -> Path | None:
