@@ -51,3 +51,37 @@ def test_cli_shows_a_pinned_version_and_explains_unknown_names(tmp_path: Path, m
     assert result.exit_code == 0 and "train_set @ v1" in result.output and "mlflow m1" in result.output
     result = runner.invoke(cli, ["lineage", "show", "nope"])
     assert result.exit_code != 0 and "prior_model" in result.output
+
+
+class _Versioned:
+    """The slice of a catalog dataset the lineage hook reads."""
+
+    _version = True
+    metadata = None
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+
+    def resolve_save_version(self) -> str:
+        return self.version
+
+
+def test_a_run_killed_after_a_save_leaves_that_version_traceable(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from diffdistill.hooks import LineageHook
+
+    hook = LineageHook()
+    hook.after_context_created(SimpleNamespace(project_path=tmp_path, params={"a": 1}))
+    hook.after_catalog_created(SimpleNamespace(get=lambda name: _Versioned("v9")), "v9", {})
+    hook.before_pipeline_run({"run_id": "v9", "pipeline_names": ["prior"], "env": "test"})
+    hook.after_dataset_saved("prior_model", SimpleNamespace(name="build_prior"))
+    # SIGKILL here: no after_pipeline_run / on_pipeline_error ever runs.
+    (record,) = load_records(tmp_path)
+    assert record["status"] == "running" and record["outputs"] == {"prior_model": "v9"}
+    tree = trace([record], "prior_model")
+    assert (tree.version, tree.node) == ("v9", "build_prior")
+    assert "status running" in format_tree(tree)
+    hook.after_pipeline_run()  # a run that does finish replaces the record
+    (record,) = load_records(tmp_path)
+    assert record["status"] == "completed" and "status" not in format_tree(trace([record], "prior_model"))

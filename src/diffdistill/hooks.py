@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import subprocess
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,7 @@ class LineageHook:
     """Records inputs/outputs and their versions per node; writes one JSON record per run."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()  # ThreadRunner calls dataset hooks from several threads
         self._reset()
 
     def _reset(self) -> None:
@@ -133,22 +135,24 @@ class LineageHook:
         if not self._record or dataset_name.startswith("params:") or dataset_name == "parameters":
             return
         version = _dataset_version(self._catalog, dataset_name, load=True)
-        self._record["inputs"].setdefault(dataset_name, version)
-        self._node_entry(node)["inputs"][dataset_name] = version
+        with self._lock:
+            self._record["inputs"].setdefault(dataset_name, version)
+            self._node_entry(node)["inputs"][dataset_name] = version
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, node: Any) -> None:
         if not self._record:
             return
         version = _dataset_version(self._catalog, dataset_name, load=False)
-        self._record["outputs"][dataset_name] = version
-        self._node_entry(node)["outputs"][dataset_name] = version
         if self._mlflow_run_id is None:
             self._mlflow_run_id = _active_mlflow_run_id()
+        with self._lock:
+            self._record["outputs"][dataset_name] = version
+            self._node_entry(node)["outputs"][dataset_name] = version
             self._record["mlflow_run_id"] = self._mlflow_run_id
-        # Rewritten after every save: a run killed later (SIGKILL runs no hook) still leaves every version
-        # it saved traceable, under status "running".
-        self._persist("running")
+            # Rewritten after every save: a run killed later (SIGKILL runs no hook) still leaves every
+            # version it saved traceable, under status "running".
+            self._persist("running")
         self._log_artifact(dataset_name)
 
     def _log_artifact(self, dataset_name: str) -> None:

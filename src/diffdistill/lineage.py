@@ -74,8 +74,10 @@ def format_tree(node: LineageNode, indent: str = "") -> str:
     run = node.run
     dirty = " (dirty)" if run.get("git_dirty") else ""
     sha = (run.get("git_sha") or "no-git")[:10]
+    # A record still "running" belongs to a run that was killed (or has not finished yet).
+    status = "" if run.get("status") in (None, "completed") else f"; status {run.get('status')}"
     line = (f"{indent}{node.dataset} @ {node.version}  <- node {node.node}, run {run.get('save_version')} "
             f"[pipelines {','.join(p for p in run.get('pipeline_names') or [] if p)}; git {sha}{dirty}; "
-            f"params {run.get('params_hash')}; mlflow {run.get('mlflow_run_id') or '-'}]")
+            f"params {run.get('params_hash')}; mlflow {run.get('mlflow_run_id') or '-'}{status}]")
     lines = [line] + [format_tree(parent, indent + "    ") for parent in node.parents]
     return "\n".join(lines)
