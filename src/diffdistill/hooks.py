@@ -20,6 +20,8 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
+from diffdistill.data.atomic import write_json_atomic
+
 logger = logging.getLogger(__name__)
 
 LINEAGE_DIR = Path("data") / "lineage"
@@ -206,9 +208,7 @@ class LineageHook:
         directory = self._project_path / LINEAGE_DIR
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{record['save_version']}.json"
-        tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, path)
+        write_json_atomic(path, record, indent=2, sort_keys=True, default=str)
         return record, path
 
 

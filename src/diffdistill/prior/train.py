@@ -15,9 +15,9 @@ bytes of an uninterrupted run. Progress goes to `on_step(step, metrics)`.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DModel
 from torch import nn
 
+from diffdistill.data.atomic import write_atomic
 from diffdistill.data.bundle import from_signed
 from diffdistill.diffusion.ddim import ddim_sample
 from diffdistill.prior.adapter import LatentPrior, psnr_signed
@@ -268,14 +269,6 @@ def _data_signature(tensor: torch.Tensor, chunk: int = 1024) -> list[Any]:
     return [list(tensor.shape), round(total, 6), round(squares, 6)]
 
 
-def save_atomic(state: dict[str, Any], path: Path) -> None:
-    """Write with torch.save to a temporary file next to `path`, then os.replace it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 @dataclass
 class Phase:
     """One resumable optimisation loop: `step_fn(step) -> metrics` does a full update."""
@@ -328,6 +321,10 @@ class Phase:
             params[name].copy_(value)
 
 
+def _torch_save(state: dict[str, Any], path: Path) -> None:
+    torch.save(state, path)
+
+
 def run_phase(phase: Phase, *, checkpoint_dir: str | Path | None, checkpoint_every: int,
               log_every: int, on_step: OnStep | None) -> int:
     """Run (or resume) `phase` to its last step; returns the number of steps done."""
@@ -345,7 +342,7 @@ def run_phase(phase: Phase, *, checkpoint_dir: str | Path | None, checkpoint_eve
         if on_step is not None and (step % log_every == 0 or step == phase.total_steps or out_of_time):
             on_step(step, {f"{phase.name}/{k}": v for k, v in metrics.items()})
         if path is not None and (step % checkpoint_every == 0 or step == phase.total_steps or out_of_time):
-            save_atomic(phase.state(step), path)
+            write_atomic(path, functools.partial(_torch_save, phase.state(step)))
         if out_of_time:
             break
     phase.module.eval()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -15,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from diffdistill.augment import dsa_strategy_for
+from diffdistill.data.atomic import write_atomic, write_json_atomic
 from diffdistill.data.bundle import TensorBundle, to_unit
 from diffdistill.distill.experts import ExpertConfig, train_experts
 from diffdistill.distill.objectives import NetFactory, RealImages
@@ -65,9 +64,7 @@ def expert_config(params: dict[str, Any], train_set: TensorBundle) -> ExpertConf
 def _write_atomic(path: Path, tensor: torch.Tensor) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.partial")
-    save_file({"trajectory": tensor.contiguous()}, str(tmp))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: save_file({"trajectory": tensor.contiguous()}, str(tmp)))
 
 
 def _read(path: Path) -> torch.Tensor | None:
@@ -103,9 +100,8 @@ def train_expert_trajectories(train_set: TensorBundle, params: dict[str, Any],
     factory = matching_net_factory(config.net, overrides, train_set)
     images, labels = train_set["images"], train_set["labels"]
     scratch = scratch_dir("experts", dataclasses.asdict(config), overrides, seed, fingerprint)
-    scratch.mkdir(parents=True, exist_ok=True)
-    (scratch / "config.json").write_text(json.dumps({"config": dataclasses.asdict(config), "seed": seed,
-                                                     "net_overrides": overrides, "train_set": fingerprint}))
+    write_json_atomic(scratch / "config.json", {"config": dataclasses.asdict(config), "seed": seed,
+                                                "net_overrides": overrides, "train_set": fingerprint})
 
     def path(expert: int) -> Path:
         return scratch / f"expert_{expert:05d}.safetensors"
