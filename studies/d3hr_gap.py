@@ -98,14 +98,21 @@ def score(name: str, distilled: TensorBundle, train: TensorBundle, val: TensorBu
             "feature_gap": feature_gap(images, labels, train, teacher)}
 
 
-def d3hr_sets(train: TensorBundle, prior, teacher_bundle: TensorBundle, knobs: dict[str, Any],
-              ipcs: list[int]) -> dict[str, TensorBundle]:
+def fit_noise_space(train: TensorBundle, prior, knobs: dict[str, Any]) -> tuple[TensorBundle, float]:
+    """The `latents` + `gaussians` phases for these knobs: class Gaussians, and the round-trip PSNR."""
     latents_params = {"num_steps": knobs["num_steps"], "invert_steps": knobs["invert_steps"],
                       "invert_guidance": knobs["invert_guidance"], "batch_size": 256, "round_trip_images": 50,
                       "seed": 0}
     latents, noise, report, _ = encode_and_invert(train, prior, latents_params, "cpu")
     gaussians, _, _ = fit_noise_gaussians(noise, latents, {"batch_size": 1024})
-    params = {"group_sampling": {"m": knobs["m"], "weights": [1.0, 1.0, 0.5], "chunk_size": 64, "seed": 0},
+    return gaussians, report["round_trip_psnr_db"]
+
+
+def d3hr_sets(train: TensorBundle, prior, teacher_bundle: TensorBundle, gaussians: TensorBundle,
+              knobs: dict[str, Any], ipcs: list[int], sampling_seed: int) -> dict[str, TensorBundle]:
+    """The `d3hr` phase: group sampling (paper and factorised) and generation, per IPC."""
+    params = {"group_sampling": {"m": knobs["m"], "weights": [1.0, 1.0, 0.5], "chunk_size": 64,
+                                 "seed": sampling_seed},
               "generation": {"guidance": knobs["guidance"], "batch_size": 256, "soft_labels": False}}
     sets = {}
     for ipc in ipcs:
@@ -113,7 +120,6 @@ def d3hr_sets(train: TensorBundle, prior, teacher_bundle: TensorBundle, knobs: d
             selection, _ = select_groups(gaussians, train, params, ipc=ipc, factorised=factorised)
             bundle, _ = generate_images(selection, prior, train, teacher_bundle, params, "cpu", ipc=ipc)
             sets[f"d3hr{'_factorised' if factorised else ''}_ipc{ipc}"] = bundle
-    sets["_round_trip_psnr_db"] = report["round_trip_psnr_db"]
     return sets
 
 
@@ -122,7 +128,9 @@ def main() -> None:
     parser.add_argument("--project", required=True, help="kedro project with train_set and prior_model saved")
     parser.add_argument("--out", default="d3hr_gap.jsonl")
     parser.add_argument("--ipcs", default="1,10")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default="0,1,2", help="training seeds of the judge ConvNet")
+    parser.add_argument("--sampling-seeds", default="0", help="group-sampling seeds (which noises are drawn)")
+    parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--configs", default="all", help="comma-separated indices into CONFIGS, or 'all'")
     parser.add_argument("--extra", default="", help="JSON list of extra knob dicts to try")
     parser.add_argument("--soft-labels", action="store_true", help="also score every set with the soft_label protocol")
@@ -150,7 +158,7 @@ def main() -> None:
     for ipc in ipcs:
         baseline_sets[f"random_ipc{ipc}"] = make_random_subset(train, {"seed": 0}, ipc=ipc)[0]
         baseline_sets[f"herding_ipc{ipc}"] = make_herding_subset(train, teacher_bundle, {"seed": 0}, "cpu", ipc=ipc)[0]
-    for name, bundle in baseline_sets.items():
+    for name, bundle in ({} if args.no_baselines else baseline_sets).items():
         bundle.meta["ipc"] = int(name.rsplit("ipc", 1)[1])
         for protocol in protocols:
             emit({"config": "baseline", **score(name, bundle, train, val, teacher_bundle, protocol, seeds)})
@@ -159,13 +167,14 @@ def main() -> None:
     for change in chosen:
         knobs = {**BASE, **change}
         start = time.perf_counter()
-        sets = d3hr_sets(train, prior, teacher_bundle, knobs, ipcs)
-        psnr = sets.pop("_round_trip_psnr_db")
-        for name, bundle in sets.items():
-            for protocol in protocols:
-                emit({"config": change or "default", "knobs": knobs, "round_trip_psnr_db": psnr,
-                      **score(name, bundle, train, val, teacher_bundle, protocol, seeds),
-                      "seconds": time.perf_counter() - start})
+        gaussians, psnr = fit_noise_space(train, prior, knobs)
+        for sampling_seed in [int(x) for x in args.sampling_seeds.split(",")]:
+            sets = d3hr_sets(train, prior, teacher_bundle, gaussians, knobs, ipcs, sampling_seed)
+            for name, bundle in sets.items():
+                for protocol in protocols:
+                    emit({"config": change or "default", "knobs": knobs, "sampling_seed": sampling_seed,
+                          "round_trip_psnr_db": psnr, **score(name, bundle, train, val, teacher_bundle, protocol, seeds),
+                          "seconds": time.perf_counter() - start})
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from diffdistill.data.bundle import TensorBundle, to_signed, to_unit
 from diffdistill.diffusion.residual import (
@@ -253,54 +252,62 @@ class LD3MState:
         return out
 
 
-def init_state(real: RealImages, prior, config: LD3MConfig) -> LD3MState:
-    """Labels class-major; Z by encoding one seeded random real image per slot (or N(0, 1));
-    c = prior.condition(class); the sampler's noise drawn once."""
-    generator = torch.Generator().manual_seed(derive_seed(config.seed, _INIT_STREAM))
+def init_state(real: RealImages, prior, config: LD3MConfig, classes: tuple[int, int] | None = None) -> LD3MState:
+    """Labels class-major over `classes` [start, stop) (None: all); per class, a generator of (seed, class)
+    picks the real images to encode (or draws N(0, 1)) and then draws the sampler's stored noise, so a
+    class shard starts from exactly the state the full run has for its classes. c = prior.condition(class)."""
+    first, stop = (0, real.num_classes) if classes is None else classes
+    init_seed = derive_seed(config.seed, _INIT_STREAM)
+    generators = [torch.Generator().manual_seed(derive_seed(init_seed, k)) for k in range(first, stop)]
     device = torch.device(config.device)
-    labels = torch.arange(real.num_classes).repeat_interleave(config.ipc)
-    picks = None
+    labels = torch.arange(first, stop).repeat_interleave(config.ipc)
     if config.init == "real":
-        chosen = []
-        for label, pool in enumerate(real.by_class):
+        picks = []
+        for label, generator in zip(range(first, stop), generators, strict=True):
+            pool = real.by_class[label]
             if pool.shape[0] < config.ipc:
                 raise ValueError(f"class {label} has {pool.shape[0]} real images, fewer than ipc={config.ipc}")
-            chosen.append(to_unit(pool[torch.randperm(pool.shape[0], generator=generator)[: config.ipc]]))
-        picks = torch.cat(chosen)
+            picks.append(to_unit(pool[torch.randperm(pool.shape[0], generator=generator)[: config.ipc]]))
+        picks = torch.cat(picks)
+    elif config.space == "pixel":
+        picks = torch.cat([real.mean.view(1, -1, 1, 1) + real.std.view(1, -1, 1, 1)
+                           * torch.randn((config.ipc, *real.image_shape), generator=g) for g in generators])
+    else:
+        picks = None
     if config.space == "pixel":
-        if picks is None:
-            shape = (labels.shape[0], *real.image_shape)
-            picks = real.mean.view(1, -1, 1, 1) + real.std.view(1, -1, 1, 1) * torch.randn(shape, generator=generator)
         return LD3MState(labels=labels, images=picks).to(device)
     spec = SPACE_SPECS[config.space]
     if picks is None:
-        latents = torch.randn((labels.shape[0], *prior.latent_shape), generator=generator).to(device)
+        latents = torch.cat([torch.randn((config.ipc, *prior.latent_shape), generator=g) for g in generators])
+        latents = latents.to(device)
     else:
         latents = _encode(prior, picks.to(device), config.sampler.chunk_size)
     state = LD3MState(labels=labels.to(device), latents=latents)
     if spec.diffusion:
         with torch.no_grad():
             state.conditions = prior.condition(state.labels).detach().clone().float()
-        state.noise = ResidualNoise.draw(
-            labels.shape[0],
-            tuple(prior.latent_shape),
-            num_steps=config.sampler.num_steps,
-            eta=config.sampler.eta,
-            generator=generator,
-            device=device,
-        )
+        parts = [ResidualNoise.draw(config.ipc, tuple(prior.latent_shape), num_steps=config.sampler.num_steps,
+                                    eta=config.sampler.eta, generator=g, device=device) for g in generators]
+        state.noise = ResidualNoise(torch.cat([n.start for n in parts]),
+                                    None if parts[0].steps is None else torch.cat([n.steps for n in parts]))
     return state
 
 
+def computed_classes(classes: tuple[int, int], config: LD3MConfig, num_classes: int) -> tuple[int, int]:
+    """The classes a class shard [start, stop) actually optimises: widened to the nearest boundaries where the full
+    run's chunk grid (`sampler.chunk_size` images from image 0) meets a class boundary, i.e. multiples of
+    lcm(ipc, chunk_size) / ipc classes. Batched kernels are not bit-identical across batch compositions, so a shard
+    must run the very chunks of the full run; DM keeps classes independent, so the extra ("ghost") classes evolve
+    exactly as in the shards that own them and are dropped at the end (at most 2 (L - 1) of them)."""
+    step = math.lcm(config.ipc, config.sampler.chunk_size) // config.ipc
+    start, stop = classes
+    return start // step * step, min(num_classes, -(-stop // step) * step)
+
+
 def _encode(prior, images_unit: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """Encode at the prior's native resolution (lesson: never run the LDM off its latent size)."""
-    size = prior.image_size
+    """Encode real images (at the data's size: the prior resizes them to its native one) to init Z."""
     with torch.no_grad():
-        out = []
-        for batch in images_unit.split(chunk_size):
-            if batch.shape[-2:] != (size, size):
-                batch = F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            out.append(prior.encode(to_signed(batch), sample=False))
+        out = [prior.encode(to_signed(batch), sample=False) for batch in images_unit.split(chunk_size)]
     return torch.cat(out).detach().clone()
 
 
@@ -359,11 +366,7 @@ class Synthesizer:
         if self.space == "pixel":
             return self.state.images[index]
         z = self._sample(index) if self.schedule is not None else self.state.latents[index]
-        images = ((self.prior.decode(z) + 1.0) * 0.5).clamp(0.0, 1.0)
-        height, width = self.image_shape[1:]
-        if images.shape[-2:] != (height, width):
-            images = F.interpolate(images, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-        return images
+        return ((self.prior.decode(z) + 1.0) * 0.5).clamp(0.0, 1.0)  # decode returns data-size images
 
     def pop_mismatch(self) -> float:
         """Largest replay recomputation error since the last call (0.0 if nothing was replayed)."""
@@ -481,6 +484,7 @@ def distill_ld3m(
     net_factory: NetFactory | None = None,
     augment: Augment | None = None,
     class_names: Sequence[str] | None = None,
+    classes: tuple[int, int] | None = None,
 ) -> LD3MResult:
     """Run LD3M (or a pixel-space / ablation space) and return the distilled set and the learned state.
 
@@ -489,6 +493,8 @@ def distill_ld3m(
     trajectories (E × (epochs + 1, P)). `checkpoint_dir`: resume from / checkpoint to (every
     `checkpoint_every` iterations and at the end). `on_step(metrics)` after each iteration.
     `net_factory` / `augment` override the nets and DSA built from the config (tests).
+    `classes` = [start, stop): distill only those classes (a class shard; DM only: per-class loss and draws, and
+    the full run's chunks via `computed_classes`, make the result equal the full run's rows for those classes).
     """
     config = LD3MConfig.from_dict(config) if isinstance(config, dict) else config
     config.validate()
@@ -499,6 +505,7 @@ def distill_ld3m(
     else:
         real = RealImages.from_classes(real)
     class_names = list(class_names or [str(k) for k in range(real.num_classes)])
+    _check_classes(classes, config, real.num_classes)
     if config.space != "pixel":
         if prior is None:
             raise ValueError(f"space {config.space!r} needs a prior; pass prior=... or use space='pixel'")
@@ -519,7 +526,8 @@ def distill_ld3m(
         state = loaded[0].to(device)
         checkpoint_step = state.step
     else:
-        state = init_state(real, prior, config)
+        state = init_state(real, prior, config, None if classes is None else
+                           computed_classes(classes, config, real.num_classes))
         checkpoint_step = None
     objective = _build_objective(config, real, experts, net_factory, augment)
 
@@ -606,10 +614,23 @@ def distill_ld3m(
         ):
             save_checkpoint(checkpoint_dir, state, config)
             checkpoint_step = state.step
-    return _result(state, synthesize, config, class_names, real)
+    return _result(state, synthesize, config, class_names, real, classes)
 
 
-def _result(state: LD3MState, synthesize: Synthesizer, config: LD3MConfig, class_names, real) -> LD3MResult:
+def _check_classes(classes: tuple[int, int] | None, config: LD3MConfig, num_classes: int) -> None:
+    if classes is None:
+        return
+    if config.objective != "dm":
+        raise ValueError(f"a class range (class shard) needs objective 'dm', whose classes are independent; "
+                         f"{config.objective!r} couples classes (one net over the whole set): run it unsharded")
+    first, stop = classes
+    if not 0 <= first < stop <= num_classes:
+        raise ValueError(f"classes=[{first}, {stop}) must be a non-empty range inside [0, {num_classes})")
+
+
+def _result(state: LD3MState, synthesize: Synthesizer, config: LD3MConfig, class_names, real,
+            classes: tuple[int, int] | None = None) -> LD3MResult:
+    """The distilled set and the state; a class shard keeps only its own classes' rows (not the ghost ones)."""
     for tensor in state.learnable(config.space).values():
         tensor.requires_grad_(False)
     images = generate_images(synthesize, state.labels.shape[0], config.sampler.chunk_size).clamp(0.0, 1.0)
@@ -635,13 +656,17 @@ def _result(state: LD3MState, synthesize: Synthesizer, config: LD3MConfig, class
             eta=config.sampler.eta,
             variant=(spec.variant or config.sampler.variant) if spec.diffusion else "decoder",
         )
-    tensors = state.tensors()
+    tensors, labels = state.tensors(), state.labels.cpu()
+    if classes is not None:
+        rows = (labels >= classes[0]) & (labels < classes[1])
+        tensors = {k: v if k.startswith("extra.") else v[rows].clone() for k, v in tensors.items()}
+        images, labels = images[rows.to(images.device)], labels[rows]
     state_bundle = TensorBundle(
         {k: v for k, v in tensors.items() if not k.startswith("momentum.")},
         {**meta, "config": config.to_dict(), "step": state.step},
     )
     bundle = TensorBundle(
-        {"images": images.detach().float().cpu().contiguous(), "labels": state.labels.cpu()},
+        {"images": images.detach().float().cpu().contiguous(), "labels": labels},
         meta,
     )
     return LD3MResult(images=bundle, state=state_bundle)

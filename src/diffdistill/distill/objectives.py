@@ -114,13 +114,19 @@ class RealImages:
 
 def _class_batches(objective, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
     """Per class present in `labels`: (label, its indices, an augmented real batch, the augmented synthetic images),
-    with the same DSA parameters on both (siamese)."""
+    with the same DSA parameters on both (siamese).
+
+    One draw from `generator` seeds the call; each class then draws its real batch and DSA parameters from its
+    own stream of (that seed, class), so the draws of a class do not depend on which other classes are present
+    (a class shard of DM sees exactly the batches of the full run)."""
     syn_all = objective.real.normalize(images)
+    call_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     for label, index in enumerate(_class_indices(labels, objective.real.num_classes)):
         if index.numel() == 0:
             continue
-        real = objective.real.sample(label, objective.config.batch_real, generator, objective.device)
-        real, syn = _augment_pair(objective.augment, real, syn_all[index], generator)
+        own = torch.Generator(device=generator.device).manual_seed(derive_seed(call_seed, label))
+        real = objective.real.sample(label, objective.config.batch_real, own, objective.device)
+        real, syn = _augment_pair(objective.augment, real, syn_all[index], own)
         yield label, index, real, syn
 
 

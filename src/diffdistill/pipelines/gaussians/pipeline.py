@@ -1,12 +1,26 @@
-"""`gaussians` pipeline."""
+"""`gaussians` pipeline; with `shards: K` > 1, one `shard<i>of<K>` copy per class range and `gaussians.merge_shards`."""
 
 from kedro.pipeline import Node, Pipeline
 
-from diffdistill.pipelines.gaussians.nodes import fit_noise_gaussians
+from diffdistill.pipelines.common import bind
+from diffdistill.pipelines.gaussians.nodes import fit_gaussians_classes, fit_noise_gaussians, merge_gaussian_parts
+from diffdistill.pipelines.sharding import shard_count, shard_namespace
+
+INPUTS = ["noise", "latents", "params:gaussians"]
+OUTPUTS = ["class_gaussians", "normality_report", "gaussians_metrics"]
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return Pipeline([
-        Node(fit_noise_gaussians, inputs=["noise", "latents", "params:gaussians"],
-             outputs=["class_gaussians", "normality_report", "gaussians_metrics"], name="fit_noise_gaussians"),
-    ])
+    count = shard_count()
+    if count == 1:
+        return Pipeline([Node(fit_noise_gaussians, inputs=INPUTS, outputs=OUTPUTS, name="fit_noise_gaussians")])
+    shards = [Pipeline([Node(bind(fit_gaussians_classes, shard=(i, count)), inputs=INPUTS, outputs="gaussians_part",
+                             name="fit_gaussians_classes")],
+                       namespace=shard_namespace(i, count), inputs={"noise", "latents"},
+                       parameters={"params:gaussians"}) for i in range(count)]
+    parts = {f"part{i}": f"{shard_namespace(i, count)}.gaussians_part" for i in range(count)}
+    merge = Node(merge_gaussian_parts, inputs=["noise", "params:gaussians", *parts], outputs=OUTPUTS,
+                 name="merge_shards")
+    # Namespace `gaussians` keeps the merge out of the shard groups; parts and outputs keep their catalog names.
+    return sum(shards, Pipeline([])) + Pipeline([merge], namespace="gaussians", inputs={"noise": "noise", **parts},
+                                                outputs=set(OUTPUTS), parameters={"params:gaussians"})

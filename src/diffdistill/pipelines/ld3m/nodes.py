@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +25,7 @@ from diffdistill.pipelines.common import (
     scratch_dir,
 )
 from diffdistill.pipelines.experts.nodes import matching_net_factory, resolve_dsa_strategy
+from diffdistill.pipelines.sharding import check_parts_cover, class_range, require_same
 
 logger = logging.getLogger(__name__)
 # Keys of `params:ld3m` the node resolves itself; everything else goes to `LD3MConfig` as is.
@@ -141,6 +143,15 @@ def distill_ld3m_set(train_set: TensorBundle, params: dict[str, Any], device: st
                      objective: str, space: str, ipc: int):
     """Distill IPC images per class with LD3M (or a pixel / ablation space); returns the distilled set, its grid,
     the learned state (Z, c, stored noise, labels), the per-iteration MLflow history and the ‖∂L/∂Z‖ record."""
+    distilled, state, history, config = _distill(train_set, params, device, prior_model, expert_trajectories,
+                                                 objective=objective, space=space, ipc=ipc, classes=None)
+    return _set_outputs(distilled, state, history, config)
+
+
+def _distill(train_set: TensorBundle, params: dict[str, Any], device: str, prior_model: Any,
+             expert_trajectories: TensorBundle | None, *, objective: str, space: str, ipc: int,
+             classes: tuple[int, int] | None) -> tuple[TensorBundle, TensorBundle, dict[str, list[float]], LD3MConfig]:
+    """One LD3M run over `classes` (None = all): the distilled bundle, the state bundle, the history, the config."""
     name = set_name(objective, space, ipc)
     check_run(objective, space)
     check_ipc(train_set, ipc)
@@ -153,7 +164,8 @@ def distill_ld3m_set(train_set: TensorBundle, params: dict[str, Any], device: st
         if prior_model is None:
             raise ValueError(f"{name}: space {space!r} needs prior_model; run `kedro run --pipelines prior` first")
         prior = prior_model.to(device)
-        prior.check_dataset(num_classes=train_set.num_classes, channels=int(images.shape[1]))
+        prior.check_dataset(num_classes=train_set.num_classes, channels=int(images.shape[1]),
+                            image_size=int(images.shape[-1]))
         lineage["prior_fingerprint"] = module_fingerprint(prior)
     overrides = dict(params.get("net_overrides") or {})
     experts = None
@@ -168,7 +180,8 @@ def distill_ld3m_set(train_set: TensorBundle, params: dict[str, Any], device: st
         factory = matching_net_factory(getattr(config, objective).net, overrides, train_set)
 
     key = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_KEYS}
-    scratch = scratch_dir("ld3m", name, key, overrides, lineage)
+    shard_key = () if classes is None else (list(classes),)  # each class shard resumes from its own folder
+    scratch = scratch_dir("ld3m", name, key, overrides, lineage, *shard_key)
     scratch.mkdir(parents=True, exist_ok=True)
     history = _load_history(scratch)
     if history:
@@ -186,16 +199,69 @@ def distill_ld3m_set(train_set: TensorBundle, params: dict[str, Any], device: st
                         metrics["loss"], metrics["time_s"])
 
     result = distill_ld3m(train_set, prior, config, experts=experts, checkpoint_dir=scratch, on_step=on_step,
-                          net_factory=factory, class_names=train_set.class_names)
+                          net_factory=factory, class_names=train_set.class_names, classes=classes)
     extra = {**real_split_meta(train_set), "set": name, "dsa_strategy": config.dsa_strategy,
              "net_overrides": overrides, **lineage}
     distilled = TensorBundle(result.images.tensors, {**result.images.meta, **extra})
     state = TensorBundle(result.state.tensors, {**result.state.meta, **extra, "kind": "ld3m_state"})
     shutil.rmtree(scratch, ignore_errors=True)  # finished: the artifacts hold everything
+    return distilled, state, history, config
+
+
+def _set_outputs(distilled: TensorBundle, state: TensorBundle, history: dict[str, list[float]], config: LD3MConfig):
+    name = distilled.meta["set"]
     gradients = gradient_record(history, config, name)
     logger.info("%s: %d iterations, %.1f s of distillation, final loss %.4g", name, config.iterations,
                 sum(history.get("time_s", [])), (history.get("loss") or [float("nan")])[-1])
     return distilled, image_grid(distilled["images"], distilled["labels"]), state, as_mlflow_history(history), gradients
+
+
+def distill_ld3m_classes(train_set: TensorBundle, params: dict[str, Any], device: str, prior_model: Any = None, *,
+                         objective: str, space: str, ipc: int, shard: tuple[int, int]) -> TensorBundle:
+    """One class shard of an LD3M DM set: its images, state rows and per-iteration history in one bundle."""
+    classes = class_range(train_set.num_classes, shard)
+    distilled, state, history, _ = _distill(train_set, params, device, prior_model, None, objective=objective,
+                                            space=space, ipc=ipc, classes=classes)
+    tensors = {**distilled.tensors, **{f"state.{k}": v for k, v in state.tensors.items()}}
+    return TensorBundle(tensors, {"kind": "ld3m_part", "classes": list(classes), "set_meta": distilled.meta,
+                                  "state_meta": state.meta, "history": history})
+
+
+def merge_ld3m_parts(train_set: TensorBundle, params: dict[str, Any], device: str, *parts: TensorBundle,
+                     objective: str, space: str, ipc: int):
+    """Class shards of one LD3M DM set -> the five artifacts of the unsharded node: distilled set and state
+    byte-identical; the history recombined (loss and time summed, gradient norms root-sum-squared, peaks maxed),
+    a diagnostic only: a shard's per-iteration values also count its ghost classes (`computed_classes`)."""
+    parts = list(parts)
+    check_parts_cover(parts, train_set.num_classes, set_name(objective, space, ipc))
+    require_same(parts, ("set_meta", "state_meta"), set_name(objective, space, ipc))
+    config = ld3m_config(params, train_set, device, objective=objective, space=space, ipc=ipc)
+
+    def cat(names: list[str]) -> dict[str, torch.Tensor]:
+        return {name: torch.cat([p[name] for p in parts]) for name in names}
+
+    images = cat([k for k in parts[0].tensors if not k.startswith("state.")])
+    state = {k[len("state."):]: v for k, v in cat([k for k in parts[0].tensors if k.startswith("state.")]).items()}
+    distilled = TensorBundle(images, parts[0].meta["set_meta"])
+    return _set_outputs(distilled, TensorBundle(state, parts[0].meta["state_meta"]),
+                        merge_histories([p.meta["history"] for p in parts]), config)
+
+
+def merge_histories(histories: list[dict[str, list[float]]]) -> dict[str, list[float]]:
+    """Per-iteration metrics of class shards as the whole set's: the DM loss is a sum over classes, so losses and
+    seconds add, gradient norms combine as sqrt(sum of squares), peak memory and replay errors take the max."""
+    if len(histories) == 1:
+        return histories[0]
+    merged = {}
+    for key in histories[0]:
+        columns = list(zip(*(h[key] for h in histories), strict=True))
+        if key.startswith("grad_norm_"):
+            merged[key] = [math.sqrt(sum(v * v for v in row)) for row in columns]
+        elif key in ("peak_memory_bytes", "regeneration_max_abs_diff"):
+            merged[key] = [max(row) for row in columns]
+        else:
+            merged[key] = [sum(row) for row in columns]
+    return merged
 
 
 def gradient_record(history: dict[str, list[float]], config: LD3MConfig, name: str) -> dict[str, Any]:

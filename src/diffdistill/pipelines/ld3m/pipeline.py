@@ -6,9 +6,18 @@ Which (objective, space) pairs exist is `ld3m.runs` in conf/base (read when the 
 from kedro.pipeline import Node, Pipeline
 
 from diffdistill.pipelines.common import base_parameters, bind, set_names
-from diffdistill.pipelines.ld3m.nodes import check_run, distill_ld3m_set, method_name, set_name
+from diffdistill.pipelines.ld3m.nodes import (
+    check_run,
+    distill_ld3m_classes,
+    distill_ld3m_set,
+    merge_ld3m_parts,
+    method_name,
+    set_name,
+)
+from diffdistill.pipelines.sharding import shard_count, shard_namespace
 
 OUTPUTS = ["distilled_set", "distilled_grid", "ld3m_state", "ld3m_history", "ld3m_gradients"]
+PARAMETERS = {"params:ld3m", "params:device"}
 
 
 def ld3m_runs() -> list[tuple[str, str]]:
@@ -33,8 +42,25 @@ def ld3m_sets() -> list[str]:
     return set_names(ld3m_methods(), [int(i) for i in base_parameters("ipcs")])
 
 
+def _sharded(objective: str, space: str, ipc: int, inputs: dict[str, str], count: int) -> Pipeline:
+    """K class shards of one DM set (`shard<i>of<K>.<set>.distill_ld3m_classes`) and `<set>.merge_shards`."""
+    name = set_name(objective, space, ipc)
+    parts = {f"part{i}": f"{shard_namespace(i, count)}.{name}.ld3m_part" for i in range(count)}
+    shared = {value for value in inputs.values() if not value.startswith("params:")}
+    shards = [Pipeline([Node(bind(distill_ld3m_classes, objective=objective, space=space, ipc=ipc, shard=(i, count)),
+                             inputs=inputs, outputs="ld3m_part", name="distill_ld3m_classes")],
+                       namespace=f"{shard_namespace(i, count)}.{name}", inputs=shared, parameters=PARAMETERS)
+              for i in range(count)]
+    merge = Node(bind(merge_ld3m_parts, objective=objective, space=space, ipc=ipc),
+                 inputs=["train_set", "params:ld3m", "params:device", *parts], outputs=OUTPUTS, name="merge_shards")
+    return sum(shards, Pipeline([])) + Pipeline([merge], namespace=name, inputs={"train_set": "train_set", **parts},
+                                                parameters=PARAMETERS)
+
+
 def create_pipeline(**kwargs) -> Pipeline:
+    """One namespace per set; with `shards: K` > 1 the DM sets (classes independent) run as K class shards."""
     ipcs = [int(i) for i in base_parameters("ipcs")]
+    count = shard_count()
     pipelines = []
     for objective, space in ld3m_runs():
         inputs = {"train_set": "train_set", "params": "params:ld3m", "device": "params:device"}
@@ -44,8 +70,11 @@ def create_pipeline(**kwargs) -> Pipeline:
             inputs["expert_trajectories"] = "expert_trajectories"
         shared = {name for key, name in inputs.items() if not name.startswith("params:")}
         for ipc in ipcs:
+            if count > 1 and objective == "dm":
+                pipelines.append(_sharded(objective, space, ipc, inputs, count))
+                continue
             node = Node(bind(distill_ld3m_set, objective=objective, space=space, ipc=ipc), inputs=inputs,
                         outputs=OUTPUTS, name="distill_ld3m_set")
             pipelines.append(Pipeline([node], namespace=set_name(objective, space, ipc), inputs=shared,
-                                      parameters={"params:ld3m", "params:device"}))
+                                      parameters=PARAMETERS))
     return sum(pipelines, Pipeline([]))

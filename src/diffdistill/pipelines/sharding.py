@@ -1,0 +1,83 @@
+"""Class shards of the per-class phases (latents, gaussians, d3hr, ld3m with DM).
+
+`shards: K` (conf/base/parameters.yml, read when the graph is built) splits those phases into K namespaced
+copies `shard<i>of<K>` over contiguous class ranges plus one merge node per phase (per distilled set) that writes
+the very artifact the unsharded pipeline writes. K = 1 builds today's graph. A shard's class range is resolved
+at run time from the train split (`class_range`), so the graph depends on K only, never on the data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diffdistill.pipelines.common import base_parameters
+
+SHARDS_PARAMETER = "shards"
+
+
+def check_shard_count(value: Any) -> int:
+    """`shards` as a positive int, or a ValueError naming the parameter."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"parameter {SHARDS_PARAMETER}={value!r} must be an int >= 1 (1 = no sharding); "
+                         "change it in conf/base/parameters.yml")
+    return value
+
+
+def shard_count() -> int:
+    """K from conf/base (the graph is the same in every environment, like `ipcs`)."""
+    return check_shard_count(base_parameters(SHARDS_PARAMETER))
+
+
+def shard_namespace(index: int, count: int) -> str:
+    return f"shard{index}of{count}"
+
+
+def class_ranges(num_classes: int, count: int) -> list[tuple[int, int]]:
+    """K contiguous [start, stop) ranges covering 0..num_classes; sizes differ by at most one (larger first)."""
+    check_shard_count(count)
+    if count > num_classes:
+        raise ValueError(f"parameter {SHARDS_PARAMETER}={count} exceeds the {num_classes} classes of the train split: "
+                         f"every shard needs at least one class; set {SHARDS_PARAMETER} <= {num_classes} in "
+                         "conf/base/parameters.yml")
+    size, extra = divmod(num_classes, count)
+    ranges, start = [], 0
+    for index in range(count):
+        stop = start + size + (1 if index < extra else 0)
+        ranges.append((start, stop))
+        start = stop
+    return ranges
+
+
+def class_range(num_classes: int, shard: tuple[int, int] | None) -> tuple[int, int]:
+    """Classes of shard (index, count); None = all classes (the unsharded run)."""
+    if shard is None:
+        return 0, num_classes
+    index, count = shard
+    ranges = class_ranges(num_classes, count)
+    if not 0 <= index < count:
+        raise ValueError(f"shard index {index} is outside 0..{count - 1} ({SHARDS_PARAMETER}={count})")
+    return ranges[index]
+
+
+def check_parts_cover(parts: list[Any], num_classes: int, what: str) -> None:
+    """Shard parts (bundles with meta `classes` = [start, stop)) must tile 0..num_classes in order."""
+    expected = 0
+    for part in parts:
+        start, stop = part.meta.get("classes", (None, None))
+        if start != expected:
+            raise ValueError(f"{what}: shard parts cover classes {[p.meta.get('classes') for p in parts]}, which do "
+                             f"not tile 0..{num_classes}; re-run every shard of this phase with the same "
+                             f"`{SHARDS_PARAMETER}` (or pin matching versions with --load-versions)")
+        expected = stop
+    if expected != num_classes:
+        raise ValueError(f"{what}: shard parts end at class {expected} but the data has {num_classes} classes; "
+                         "re-run every shard on this train split")
+
+
+def require_same(parts: list[Any], keys: tuple[str, ...], what: str) -> None:
+    """Shard parts must agree on the settings and lineage that determine the merged artifact."""
+    for key in keys:
+        values = {repr(part.meta.get(key)) for part in parts}
+        if len(values) > 1:
+            raise ValueError(f"{what}: shard parts disagree on {key} ({sorted(values)}); they come from different "
+                             "runs or settings: re-run every shard with the same parameters and inputs")
