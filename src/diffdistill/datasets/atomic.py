@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,12 @@ from kedro.io.core import DatasetError, VersionNotFoundError, get_filepath_str
 from kedro_datasets._typing import JSONPreview
 from kedro_datasets.json import JSONDataset
 
+from diffdistill.data import atomic as data_atomic
+
 
 def temporary_sibling(path: str) -> str:
     """A hidden name next to `path` that no version glob matches."""
-    head, tail = os.path.split(path)
-    return os.path.join(head, f".{tail}.partial-{uuid.uuid4().hex[:8]}")
+    return str(data_atomic.temporary_sibling(path))
 
 
 def write_bytes_atomic(fs: Any, path: str, payload: bytes) -> None:

@@ -22,7 +22,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import resource
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from typing import Any
 
 import torch
 
+from diffdistill.data.atomic import write_atomic, write_json_atomic
 from diffdistill.data.bundle import TensorBundle, to_signed, to_unit
 from diffdistill.diffusion.residual import (
     VARIANTS,
@@ -386,13 +386,9 @@ def save_checkpoint(directory: str | Path, state: LD3MState, config: LD3MConfig)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     info = {"format": 1, "step": state.step, "config": config.to_dict()}
-    path = directory / CHECKPOINT_FILE
-    tmp = directory / f".{CHECKPOINT_FILE}.partial"
-    save_file(state.tensors(), str(tmp), metadata={"ld3m": json.dumps(info, sort_keys=True)})
-    os.replace(tmp, path)
-    sidecar_tmp = directory / ".ld3m_checkpoint.json.partial"
-    sidecar_tmp.write_text(json.dumps(info, indent=2, sort_keys=True))
-    os.replace(sidecar_tmp, directory / "ld3m_checkpoint.json")
+    path = write_atomic(directory / CHECKPOINT_FILE, lambda tmp: save_file(
+        state.tensors(), str(tmp), metadata={"ld3m": json.dumps(info, sort_keys=True)}))
+    write_json_atomic(directory / "ld3m_checkpoint.json", info, indent=2, sort_keys=True)
     return path
 
 

@@ -6,6 +6,8 @@ from functools import partial, update_wrapper
 from pathlib import Path
 from typing import Any
 
+from diffdistill.data.atomic import write_json_atomic
+
 
 def as_mlflow_metrics(values: dict[str, float], step: int = 0) -> dict[str, dict[str, Any]]:
     """{name: value} -> the {name: {"value", "step"}} form kedro-mlflow's metric datasets take."""
@@ -228,14 +230,7 @@ class ResumableResults:
         return json.loads(path.read_text()) if path.exists() else None
 
     def put(self, key: str, value: Any) -> None:
-        import json
-        import os
-
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self._path(key)
-        tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_text(json.dumps(value, sort_keys=True))
-        os.replace(tmp, path)
+        write_json_atomic(self._path(key), value, sort_keys=True)
 
     def clear(self) -> None:
         import shutil

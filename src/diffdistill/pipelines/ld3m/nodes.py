@@ -6,13 +6,13 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from diffdistill.data.atomic import write_json_atomic
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.data.grid import image_grid
 from diffdistill.distill.ld3m import OBJECTIVES, SPACES, LD3MConfig, distill_ld3m, load_checkpoint
@@ -133,9 +133,7 @@ def _load_history(scratch: Path) -> dict[str, list[float]]:
 
 
 def _save_history(scratch: Path, history: dict[str, list[float]]) -> None:
-    tmp = scratch / f".{HISTORY_FILE}.partial"
-    tmp.write_text(json.dumps(history))
-    os.replace(tmp, scratch / HISTORY_FILE)
+    write_json_atomic(scratch / HISTORY_FILE, history)
 
 
 def distill_ld3m_set(train_set: TensorBundle, params: dict[str, Any], device: str,
