@@ -9,6 +9,7 @@ run's chunks straddle classes, so the shards [0, 5) and [5, 10) also optimise th
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -97,6 +98,21 @@ def test_each_shard_kept_a_versioned_part_over_its_class_range(runs):
                 assert set(part["labels"].unique().tolist()) == set(range(*classes)), relative
             else:
                 assert part["counts"].shape == (classes[1] - classes[0],)
+
+
+def test_lineage_of_the_parallel_run_names_every_node_and_version(runs):
+    """ParallelRunner runs nodes (and their dataset hooks) in other processes: the record comes from the graph."""
+    _, sharded = runs
+    (record,) = [json.loads(p.read_text()) for p in (sharded / "data/lineage").glob("*.json")
+                 if "latents" in json.loads(p.read_text()).get("pipeline_names", [])]
+    assert record["status"] == "completed"
+    save = record["save_version"]
+    merge = record["nodes"]["latents.merge_shards"]
+    assert set(merge["inputs"]) >= {"shard0of2.latents_part", "shard1of2.latents_part"}
+    assert merge["inputs"]["shard0of2.latents_part"] == merge["inputs"]["shard1of2.latents_part"] == save
+    assert merge["outputs"]["noise"] == save and merge["recorded_from"] == "graph"
+    assert record["outputs"]["class_gaussians"] == save
+    assert record["inputs"]["train_set"] not in (None, save)  # made by the upstream run, pinned by its version
 
 
 def test_one_shard_per_process_then_the_merge_gives_the_same_latents(runs):

@@ -96,6 +96,7 @@ class LineageHook:
         self._params: dict[str, Any] = {}
         self._record: dict[str, Any] = {}
         self._mlflow_run_id: str | None = None
+        self._pipeline: Any = None
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
@@ -121,7 +122,8 @@ class LineageHook:
         }
 
     @hook_impl
-    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any) -> None:
+        self._pipeline = pipeline
         self._record["run_id"] = run_params.get("run_id") or run_params.get("session_id")
         self._record["pipeline_names"] = run_params.get("pipeline_names") or [run_params.get("pipeline_name")]
         self._record["env"] = run_params.get("env")
@@ -193,9 +195,35 @@ class LineageHook:
     def on_pipeline_error(self) -> None:
         self._write("failed")
 
+    def _fill_from_pipeline(self, status: str) -> None:
+        """Nodes whose dataset hooks ran in another process (ParallelRunner) are recorded from the graph.
+
+        Their outputs are the datasets that now have a version equal to this run's save version (all of
+        them for a completed run); their inputs carry the version the catalog resolves to after the run.
+        """
+        pipeline = self._pipeline
+        if pipeline is None:
+            return
+        save_version = self._record["save_version"]
+        for node in pipeline.nodes:
+            if node.name in self._record["nodes"]:
+                continue
+            outputs = {name: _dataset_version(self._catalog, name, load=True) for name in node.outputs}
+            outputs = {name: version for name, version in outputs.items() if version == save_version}
+            if status != "completed" and not outputs:
+                continue  # a failed run may not have reached this node
+            inputs = {name: _dataset_version(self._catalog, name, load=True) for name in node.inputs
+                      if not name.startswith("params:") and name != "parameters"}
+            self._record["nodes"][node.name] = {"inputs": inputs, "outputs": outputs, "recorded_from": "graph"}
+            for name, version in inputs.items():
+                self._record["inputs"].setdefault(name, version)
+            self._record["outputs"].update(outputs)
+
     def _write(self, status: str) -> None:
         if not self._record:
             return
+        with self._lock:
+            self._fill_from_pipeline(status)
         record, path = self._persist(status)
         _tag_mlflow_run(self._mlflow_run_id, record, path)
         self._record = {}
