@@ -74,7 +74,7 @@ def test_a_run_killed_after_a_save_leaves_that_version_traceable(tmp_path: Path)
     hook = LineageHook()
     hook.after_context_created(SimpleNamespace(project_path=tmp_path, params={"a": 1}))
     hook.after_catalog_created(SimpleNamespace(get=lambda name: _Versioned("v9")), "v9", {})
-    hook.before_pipeline_run({"run_id": "v9", "pipeline_names": ["prior"], "env": "test"})
+    hook.before_pipeline_run({"run_id": "v9", "pipeline_names": ["prior"], "env": "test"}, None)
     hook.after_dataset_saved("prior_model", SimpleNamespace(name="build_prior"))
     # SIGKILL here: no after_pipeline_run / on_pipeline_error ever runs.
     (record,) = load_records(tmp_path)
