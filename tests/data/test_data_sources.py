@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import pickle
 import struct
 from pathlib import Path
 
@@ -196,40 +195,33 @@ def test_real_fashion_mnist_from_the_debian_package() -> None:
 # ----------------------------------------------------------------------------- cifar10
 
 
-def _fake_cifar_batch(n: int, seed: int) -> dict:
+def _fake_cifar_batch(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {
-        b"batch_label": b"fake batch",
-        b"labels": [int(v) for v in rng.integers(0, 10, n)],
-        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-        b"filenames": [f"img_{seed}_{i}.png".encode() for i in range(n)],
-    }
+    return rng.integers(0, 10, n).astype(np.uint8), rng.integers(0, 256, (n, 3072), dtype=np.uint8)
 
 
-def _write_fake_cifar(root: Path) -> dict[str, dict]:
-    """The official python layout: protocol-2 pickles of dicts with bytes keys, numpy GLOBALs spelt the old way."""
+def _write_fake_cifar(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The official binary layout: per record one label byte, then the R, G, B planes (1024 bytes each)."""
     root.mkdir(parents=True, exist_ok=True)
-    batches = {f"data_batch_{i}": _fake_cifar_batch(4, i) for i in range(1, 6)}
-    batches["test_batch"] = _fake_cifar_batch(6, 9)
-    batches["batches.meta"] = {b"label_names": [c.encode() for c in CIFAR10_CLASSES], b"num_vis": 3072}
-    for name, batch in batches.items():
-        payload = pickle.dumps(batch, protocol=2).replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
-        (root / name).write_bytes(payload)
+    batches = {f"data_batch_{i}.bin": _fake_cifar_batch(4, i) for i in range(1, 6)}
+    batches["test_batch.bin"] = _fake_cifar_batch(6, 9)
+    for name, (labels, data) in batches.items():
+        (root / name).write_bytes(np.concatenate([labels[:, None], data], axis=1).tobytes())
+    (root / "batches.meta.txt").write_text("\n".join(CIFAR10_CLASSES) + "\n\n")
     return batches
 
 
-def test_cifar10_python_pickle_folder(tmp_path: Path) -> None:
+def test_cifar10_binary_folder(tmp_path: Path) -> None:
     batches = _write_fake_cifar(tmp_path)
-    assert b"cnumpy.core.multiarray\n_reconstruct" in (tmp_path / "data_batch_1").read_bytes()
     train, test, report = load_source(
         SourceConfig(name="cifar10", root=str(tmp_path), min_per_class=0, min_test_per_class=0)
     )
     assert train.images.shape == (20, 3, 32, 32) and test.images.shape == (6, 3, 32, 32)
-    first = batches["data_batch_1"][b"data"][0]
-    assert np.array_equal(train.images[0, 0].numpy().ravel(), first[:1024])  # rows are R, G, B planes
+    first = batches["data_batch_1.bin"][1][0]
+    assert np.array_equal(train.images[0, 0].numpy().ravel(), first[:1024])  # records are R, G, B planes
     assert np.array_equal(train.images[0, 2].numpy().ravel(), first[2048:])
-    assert train.labels.tolist() == sum((batches[f"data_batch_{i}"][b"labels"] for i in range(1, 6)), [])
-    assert test.class_names == CIFAR10_CLASSES and report["cifar10_format"] == "python_pickle"
+    assert train.labels.tolist() == np.concatenate([batches[f"data_batch_{i}.bin"][0] for i in range(1, 6)]).tolist()
+    assert test.class_names == CIFAR10_CLASSES and report["cifar10_format"] == "binary"
 
     grey, _, _ = load_source(
         SourceConfig(
@@ -242,28 +234,29 @@ def test_cifar10_python_pickle_folder(tmp_path: Path) -> None:
     assert torch.equal(grey.images, reference.round().clamp(0, 255).to(torch.uint8))
 
 
-def test_cifar10_pickle_that_calls_code_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cifar10_truncated_batch_or_bad_labels_are_named(tmp_path: Path) -> None:
     _write_fake_cifar(tmp_path)
-
-    class Exploit:
-        def __reduce__(self):
-            return (print, ("pickle ran code",))
-
-    (tmp_path / "data_batch_3").write_bytes(pickle.dumps({b"data": Exploit()}, protocol=2))
-    with pytest.raises(ValueError, match=r"data_batch_3.*refusing global (__builtin__|builtins)\.print"):
+    path = tmp_path / "data_batch_3.bin"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"data_batch_3\.bin.*not a whole number of 3073-byte records"):
         load_source(SourceConfig(name="cifar10", root=str(tmp_path)))
-    assert "pickle ran code" not in capsys.readouterr().out
+    _write_fake_cifar(tmp_path)
+    raw = bytearray(path.read_bytes())
+    raw[0] = 42
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"labels outside 0\.\.9"):
+        load_source(SourceConfig(name="cifar10", root=str(tmp_path)))
 
 
 def test_cifar10_incomplete_or_unknown_folder(tmp_path: Path) -> None:
     _write_fake_cifar(tmp_path)
-    (tmp_path / "data_batch_4").unlink()
-    with pytest.raises(ValueError, match=r"lacks \['data_batch_4'\]"):
+    (tmp_path / "data_batch_4.bin").unlink()
+    with pytest.raises(ValueError, match=r"lacks \['data_batch_4.bin'\]"):
         load_source(SourceConfig(name="cifar10", root=str(tmp_path)))
     other = tmp_path / "other"
     other.mkdir()
-    (other / "readme.txt").write_text("hi")
-    with pytest.raises(ValueError, match="neither the python batches"):
+    (other / "data_batch_1").write_bytes(b"\x80\x02}q\x00.")  # the python (pickle) version is not read
+    with pytest.raises(ValueError, match="neither the binary batches.*binary version"):
         load_source(SourceConfig(name="cifar10", root=str(other)))
 
 

@@ -3,8 +3,9 @@
 Sources (`SourceConfig.name`):
 - `digits`: scikit-learn's bundled 8×8 digits (0..16); seeded stratified split.
 - `fashion_mnist`: the four IDX files (gzip or plain) of Fashion-MNIST.
-- `cifar10`: the official python-pickle folder, or the JPEG-packed npz of
-  ../shared/data/cifar10 (lossy: quality-75 JPEG); chosen by the files present.
+- `cifar10`: the official binary version (`cifar-10-batches-bin`: data_batch_1..5.bin,
+  test_batch.bin; records of 1 label byte + 3072 pixel bytes, no pickle), or the JPEG-packed
+  npz of ../shared/data/cifar10 (lossy: quality-75 JPEG); chosen by the files present.
 - `image_folder`: `train/<class>/*` and `val/<class>/*` (or `test/`), classes in
   sorted folder order (the Imagenette / ImageWoof / torchvision ImageFolder layout).
 - `imagenet_subset`: an ImageNet `train/<wnid>`, `val/<wnid>` tree read through one
@@ -20,12 +21,10 @@ image folders have their shorter side resized and the centre square kept.
 
 from __future__ import annotations
 
-import codecs
 import gzip
 import hashlib
 import io
 import math
-import pickle
 import struct
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -39,18 +38,14 @@ from PIL import Image
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.data.images import DECODE_ERRORS, describe_error, list_image_files, read_images
 
-try:
-    from numpy._core.multiarray import _reconstruct as _numpy_reconstruct
-except ImportError:  # numpy < 2
-    from numpy.core.multiarray import _reconstruct as _numpy_reconstruct
-
 SOURCE_NAMES = ("digits", "fashion_mnist", "cifar10", "image_folder", "imagenet_subset")
 DEFAULT_IMAGE_SIZE = {"digits": 16, "fashion_mnist": 32, "cifar10": 32, "image_folder": 128, "imagenet_subset": 128}
 NATIVE_CHANNELS = {"digits": 1, "fashion_mnist": 1, "cifar10": 3, "image_folder": 3, "imagenet_subset": 3}
 DEFAULT_ROOT = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}  # Debian package dataset-fashion-mnist
 ROOT_HINT = {
     "fashion_mnist": "install the Debian package dataset-fashion-mnist, or set root to a folder of the IDX files",
-    "cifar10": "set root to the python batches folder or to the JPEG-packed .npz (../shared/data/cifar10)",
+    "cifar10": "set root to the binary batches folder (cifar-10-batches-bin) or to the JPEG-packed .npz "
+               "(../shared/data/cifar10)",
 }
 
 FASHION_MNIST_CLASSES = [
@@ -475,56 +470,32 @@ def _read_fashion_mnist(config: SourceConfig) -> RawSplits:
 # ----------------------------------------------------------------------------- cifar10
 
 
-class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Unpickler for the official CIFAR-10 batches: allows numpy array reconstruction and nothing else.
-
-    The batches are Python 2 pickles of dicts of ndarrays, lists and strings; any other
-    global (the way a pickle runs code) is refused.
-    """
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,  # how Python 3 protocol-2 pickles spell bytes
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing global {module}.{name}: only numpy arrays are allowed")
-        return self._ALLOWED[(module, name)]
+CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte, then the R, G and B planes of a 32x32 image
 
 
-def _load_cifar_batch(path: Path) -> dict:
-    try:
-        with open(path, "rb") as handle:
-            batch = _ArrayOnlyUnpickler(handle, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, struct.error) as exc:
-        raise ValueError(
-            f"CIFAR-10 batch {str(path)!r} cannot be read ({describe_error(exc)}); replace the file"
-        ) from exc
-    if not isinstance(batch, dict):
-        raise ValueError(f"CIFAR-10 batch {str(path)!r} is not a dict; it is not an official python-format batch")
-    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in batch.items()}
-
-
-def _read_cifar_pickle_split(root: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_cifar_binary_split(root: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Records of the official binary version, read as one uint8 array per batch file."""
     images, labels = [], []
     for name in names:
         path = root / name
-        batch = _load_cifar_batch(path)
-        data, batch_labels = batch.get("data"), batch.get("labels")
-        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise ValueError(f"CIFAR-10 batch {str(path)!r}: 'data' must be uint8 (N, 3072)")
-        if batch_labels is None or len(batch_labels) != data.shape[0]:
-            raise ValueError(f"CIFAR-10 batch {str(path)!r}: 'labels' must have one entry per image ({data.shape[0]})")
-        images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))  # rows are R(1024) G(1024) B(1024)
-        labels.append(torch.as_tensor(np.asarray(batch_labels, dtype=np.int64)))
+        raw = np.fromfile(path, dtype=np.uint8)
+        if raw.size == 0 or raw.size % CIFAR_RECORD:
+            raise ValueError(f"CIFAR-10 batch {str(path)!r} is {raw.size} bytes, not a whole number of "
+                             f"{CIFAR_RECORD}-byte records: the file is truncated or not a binary-version batch")
+        records = raw.reshape(-1, CIFAR_RECORD)
+        images.append(torch.from_numpy(records[:, 1:].reshape(-1, 3, 32, 32).copy()))
+        labels.append(torch.from_numpy(records[:, 0].astype(np.int64)))
     all_labels = torch.cat(labels)
-    if all_labels.numel() and (all_labels.min() < 0 or all_labels.max() > 9):
+    if int(all_labels.max()) > 9:
         raise ValueError(f"CIFAR-10 batches in {str(root)!r} have labels outside 0..9")
     return torch.cat(images), all_labels
+
+
+def _read_cifar_class_names(path: Path) -> list[str]:
+    names = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    if len(names) != 10:
+        raise ValueError(f"{str(path)!r} names {len(names)} classes; CIFAR-10 has 10 (one name per line)")
+    return names
 
 
 def _read_cifar_npz(path: Path, config: SourceConfig) -> RawSplits:
@@ -572,34 +543,33 @@ def decode_jpeg_slices(
 
 def _read_cifar10(config: SourceConfig) -> RawSplits:
     root = config.resolved_root
-    train_names = [f"data_batch_{i}" for i in range(1, 6)]
+    train_names = [f"data_batch_{i}.bin" for i in range(1, 6)]
     if root.is_file() and root.suffix == ".npz":
         return _read_cifar_npz(root, config)
-    if (root / "data_batch_1").is_file():
-        missing = [n for n in [*train_names, "test_batch"] if not (root / n).is_file()]
+    if (root / "data_batch_1.bin").is_file():
+        missing = [n for n in [*train_names, "test_batch.bin"] if not (root / n).is_file()]
         if missing:
-            raise ValueError(f"CIFAR-10 folder {str(root)!r} lacks {missing}; it needs data_batch_1..5 and test_batch")
-        class_names = CIFAR10_CLASSES
-        if (root / "batches.meta").is_file():
-            names = _load_cifar_batch(root / "batches.meta").get("label_names")
-            if names is not None:
-                class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-        train_images, train_labels = _read_cifar_pickle_split(root, train_names)
-        test_images, test_labels = _read_cifar_pickle_split(root, ["test_batch"])
+            raise ValueError(f"CIFAR-10 folder {str(root)!r} lacks {missing}; it needs data_batch_1..5.bin and "
+                             "test_batch.bin (the binary version, cifar-10-batches-bin)")
+        meta = root / "batches.meta.txt"
+        class_names = _read_cifar_class_names(meta) if meta.is_file() else CIFAR10_CLASSES
+        train_images, train_labels = _read_cifar_binary_split(root, train_names)
+        test_images, test_labels = _read_cifar_binary_split(root, ["test_batch.bin"])
         raw = _finish_tensor_source(
             {"train": train_images, "test": test_images},
             {"train": train_labels, "test": test_labels},
             class_names,
             config,
         )
-        raw.report["cifar10_format"] = "python_pickle"
+        raw.report["cifar10_format"] = "binary"
         return raw
     npz_files = sorted(root.glob("*.npz"))
     if len(npz_files) == 1:
         return _read_cifar_npz(npz_files[0], config)
     raise ValueError(
-        f"CIFAR-10 root {str(root)!r} holds neither the python batches (data_batch_1..5, test_batch) nor exactly one "
-        f"JPEG-packed .npz (found {[p.name for p in npz_files]}); point root at one of them"
+        f"CIFAR-10 root {str(root)!r} holds neither the binary batches (data_batch_1..5.bin, test_batch.bin) nor "
+        f"exactly one JPEG-packed .npz (found {[p.name for p in npz_files]}); point root at one of them (the python "
+        "pickle version is not read: download the binary version of the same data)"
     )
 
 
