@@ -8,7 +8,10 @@ at run time from the train split (`class_range`), so the graph depends on K only
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from kedro.pipeline import Node, Pipeline
 
 from diffdistill.pipelines.common import base_parameters
 
@@ -81,3 +84,18 @@ def require_same(parts: list[Any], keys: tuple[str, ...], what: str) -> None:
         if len(values) > 1:
             raise ValueError(f"{what}: shard parts disagree on {key} ({sorted(values)}); they come from different "
                              "runs or settings: re-run every shard with the same parameters and inputs")
+
+
+def shard_copies(node_for_shard: Callable[[tuple[int, int]], Node], count: int, *, part: str, inputs: set[str],
+                 parameters: set[str], within: str | None = None) -> tuple[Pipeline, dict[str, str]]:
+    """K namespaced copies (`shard<i>of<K>[.<within>]`) of one per-class node that writes `part`.
+
+    `node_for_shard((index, count))` builds the node; returns the copies and, for the merge node,
+    {"part<i>": the catalog name of shard i's part}.
+    """
+    def namespace(index: int) -> str:
+        return shard_namespace(index, count) + (f".{within}" if within else "")
+
+    copies = [Pipeline([node_for_shard((i, count))], namespace=namespace(i), inputs=inputs, parameters=parameters)
+              for i in range(count)]
+    return sum(copies, Pipeline([])), {f"part{i}": f"{namespace(i)}.{part}" for i in range(count)}

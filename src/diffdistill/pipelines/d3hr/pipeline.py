@@ -8,7 +8,7 @@ from kedro.pipeline import Node, Pipeline
 
 from diffdistill.pipelines.common import base_parameters, bind
 from diffdistill.pipelines.d3hr.nodes import d3hr_classes, generate_images, merge_d3hr_parts, select_groups
-from diffdistill.pipelines.sharding import shard_count, shard_namespace
+from diffdistill.pipelines.sharding import shard_copies, shard_count
 
 SHARED = {"class_gaussians", "train_set", "prior_model", "teacher_model"}
 PARAMETERS = {"params:d3hr", "params:device"}
@@ -29,18 +29,17 @@ def _unsharded(ipc: int, factorised: bool) -> list[Node]:
 
 
 def _sharded(name: str, ipc: int, factorised: bool, count: int) -> Pipeline:
-    parts = {f"part{i}": f"{shard_namespace(i, count)}.{name}.d3hr_part" for i in range(count)}
-    shards = [Pipeline([Node(bind(d3hr_classes, ipc=ipc, factorised=factorised, shard=(i, count)),
-                             inputs=["class_gaussians", "prior_model", "params:d3hr", "params:device"],
-                             outputs="d3hr_part", name="d3hr_classes")],
-                       namespace=f"{shard_namespace(i, count)}.{name}", inputs={"class_gaussians", "prior_model"},
-                       parameters=PARAMETERS) for i in range(count)]
+    shards, parts = shard_copies(
+        lambda shard: Node(bind(d3hr_classes, ipc=ipc, factorised=factorised, shard=shard),
+                           inputs=["class_gaussians", "prior_model", "params:d3hr", "params:device"],
+                           outputs="d3hr_part", name="d3hr_classes"),
+        count, part="d3hr_part", inputs={"class_gaussians", "prior_model"}, parameters=PARAMETERS, within=name)
     merge = Node(bind(merge_d3hr_parts, ipc=ipc, factorised=factorised),
                  inputs=["class_gaussians", "train_set", "teacher_model", "params:d3hr", "params:device", *parts],
                  outputs=["d3hr_selection", "d3hr_metrics", "distilled_set", "distilled_grid"], name="merge_shards")
     merge_inputs = {"class_gaussians": "class_gaussians", "train_set": "train_set", "teacher_model": "teacher_model",
                     **parts}  # parts keep their shard names; the rest of the merge's datasets are the set's
-    return sum(shards, Pipeline([])) + Pipeline([merge], namespace=name, inputs=merge_inputs,
+    return shards + Pipeline([merge], namespace=name, inputs=merge_inputs,
                                                 parameters=PARAMETERS)
 
 

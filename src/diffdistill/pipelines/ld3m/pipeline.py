@@ -14,7 +14,7 @@ from diffdistill.pipelines.ld3m.nodes import (
     method_name,
     set_name,
 )
-from diffdistill.pipelines.sharding import shard_count, shard_namespace
+from diffdistill.pipelines.sharding import shard_copies, shard_count
 
 OUTPUTS = ["distilled_set", "distilled_grid", "ld3m_state", "ld3m_history", "ld3m_gradients"]
 PARAMETERS = {"params:ld3m", "params:device"}
@@ -45,15 +45,14 @@ def ld3m_sets() -> list[str]:
 def _sharded(objective: str, space: str, ipc: int, inputs: dict[str, str], count: int) -> Pipeline:
     """K class shards of one DM set (`shard<i>of<K>.<set>.distill_ld3m_classes`) and `<set>.merge_shards`."""
     name = set_name(objective, space, ipc)
-    parts = {f"part{i}": f"{shard_namespace(i, count)}.{name}.ld3m_part" for i in range(count)}
     shared = {value for value in inputs.values() if not value.startswith("params:")}
-    shards = [Pipeline([Node(bind(distill_ld3m_classes, objective=objective, space=space, ipc=ipc, shard=(i, count)),
-                             inputs=inputs, outputs="ld3m_part", name="distill_ld3m_classes")],
-                       namespace=f"{shard_namespace(i, count)}.{name}", inputs=shared, parameters=PARAMETERS)
-              for i in range(count)]
+    shards, parts = shard_copies(
+        lambda shard: Node(bind(distill_ld3m_classes, objective=objective, space=space, ipc=ipc, shard=shard),
+                           inputs=inputs, outputs="ld3m_part", name="distill_ld3m_classes"),
+        count, part="ld3m_part", inputs=shared, parameters=PARAMETERS, within=name)
     merge = Node(bind(merge_ld3m_parts, objective=objective, space=space, ipc=ipc),
                  inputs=["train_set", "params:ld3m", "params:device", *parts], outputs=OUTPUTS, name="merge_shards")
-    return sum(shards, Pipeline([])) + Pipeline([merge], namespace=name, inputs={"train_set": "train_set", **parts},
+    return shards + Pipeline([merge], namespace=name, inputs={"train_set": "train_set", **parts},
                                                 parameters=PARAMETERS)
 
 
