@@ -87,7 +87,7 @@ def make_iteration(args, prior, mode: str, steps: int):
                 "num_steps": steps,
                 "guidance": args.guidance,
                 "eta": args.eta,
-                "variant": "paper",
+                "variant": "reference",
                 "backprop": mode,
                 "chunk_size": args.chunk_size,
             },

@@ -103,7 +103,7 @@ def test_variant_paper_is_eq12(eta):
     prior, steps = ToyPrior(), 5
     latents, conditions, noise = _inputs(prior, steps=steps, eta=eta)
     with torch.no_grad():
-        got = residual_ddim_sample(prior, latents, conditions, noise, num_steps=steps, eta=eta, variant="paper")
+        got = residual_ddim_sample(prior, latents, conditions, noise, num_steps=steps, eta=eta, variant="eq12")
         scheduler = _scheduler(prior, steps)
         a_start = scheduler.alphas_cumprod[scheduler.timesteps[0]]
         z_start = a_start.sqrt() * latents + (1 - a_start).sqrt() * noise.start
@@ -137,7 +137,7 @@ def test_variant_paper_skips_the_zero_weight_denoiser_call():
     prior, steps = ToyPrior(), 6
     latents, conditions, noise = _inputs(prior, steps=steps)
     with torch.no_grad():
-        residual_ddim_sample(prior, latents, conditions, noise, num_steps=steps, variant="paper")
+        residual_ddim_sample(prior, latents, conditions, noise, num_steps=steps, variant="eq12")
     assert prior.calls == steps - 1
 
 
@@ -146,7 +146,7 @@ def test_variant_x0_skip_mixes_clean_latent_into_x0():
     prior, steps = ToyPrior(), 4
     latents, conditions, noise = _inputs(prior, steps=steps)
     with torch.no_grad():
-        got = residual_ddim_sample(prior, latents, conditions, noise, num_steps=steps, variant="x0_skip")
+        got = residual_ddim_sample(prior, latents, conditions, noise, num_steps=steps, variant="reference")
         scheduler = _scheduler(prior, steps)
         a_start = scheduler.alphas_cumprod[scheduler.timesteps[0]]
         z = a_start.sqrt() * latents + (1 - a_start).sqrt() * noise.start
@@ -172,7 +172,7 @@ def test_paper_residual_weights_in_closed_form():
     prior, steps = ZeroEps(), 5
     latents, conditions, noise = _inputs(prior, steps=steps)
     schedule = residual_schedule(prior, steps)
-    got = residual_ddim_sample(prior, latents, conditions, noise, num_steps=steps, variant="paper")
+    got = residual_ddim_sample(prior, latents, conditions, noise, num_steps=steps, variant="eq12")
     scale = 1.0
     for k in range(steps):
         w = (steps - k) / steps
@@ -184,7 +184,7 @@ def test_paper_residual_weights_in_closed_form():
 def test_stored_noise_makes_regeneration_deterministic():
     prior = ToyPrior()
     latents, conditions, noise = _inputs(prior, steps=3, eta=1.0)
-    kwargs = dict(num_steps=3, eta=1.0, guidance=3.0, variant="paper")
+    kwargs = dict(num_steps=3, eta=1.0, guidance=3.0, variant="eq12")
     with torch.no_grad():
         first = residual_ddim_sample(prior, latents, conditions, noise, **kwargs)
     second = residual_ddim_sample(prior, latents, conditions, noise, checkpoint=True, **kwargs)
@@ -216,7 +216,7 @@ def test_input_validation():
         residual_ddim_sample(prior, latents, conditions, noise, num_steps=3, eta=0.5)
 
 
-@pytest.mark.parametrize("variant", ["paper", "x0_skip", "none"])
+@pytest.mark.parametrize("variant", ["eq12", "reference", "none"])
 @pytest.mark.parametrize("mode", ["checkpoint", "replay"])
 def test_two_pass_backprop_equals_plain_autograd(variant, mode):
     """Pass-2 images equal pass-1 images bit for bit; grads reach Z and c, not the prior, and equal
@@ -258,7 +258,7 @@ def test_two_pass_backprop_equals_plain_autograd(variant, mode):
     calls_before = prior.calls
     loss, images, regenerated = generate_and_backprop(synthesize, n, loss_fn, chunk_size=2)
     assert torch.equal(images, regenerated)
-    calls_per_pass = 3 * (steps - (variant == "paper"))  # 3 chunks
+    calls_per_pass = 3 * (steps - (variant == "eq12"))  # 3 chunks
     # denoiser passes: pass 1, then (checkpoint) forward again + recompute, or (replay) recompute only
     assert prior.calls - calls_before == calls_per_pass * (3 if mode == "checkpoint" else 2)
     if mode == "replay":

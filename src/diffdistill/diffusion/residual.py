@@ -1,9 +1,9 @@
-"""LD3M's residual reverse diffusion (Eq. 12) and the two-pass backprop through it.
+"""LD3M's residual reverse diffusion and the two-pass backprop through it.
 
 Paper notation, t = T..1 over the T DDIM timesteps of `scheduler.timesteps`:
 
     z_T     = sqrt(a_T) * Z + sqrt(1 - a_T) * n                      (q(z_T | Z), n fixed per sample)
-    z_{t-1} = (1 - t/T) * mu(c, z_t) + (t/T) * z_T + sigma_t * eps_t  (variant "paper", Eq. 12)
+    z_{t-1} = (1 - t/T) * mu(c, z_t) + (t/T) * z_T + sigma_t * eps_t  (variant "eq12", Eq. 12 as printed)
 
 where mu is the DDIM mean `sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma_t^2) eps_hat` and
 sigma_t = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev) (DDIM's eta family;
@@ -11,9 +11,19 @@ the paper's `sigma_t^2 eps` is read as the standard `sigma_t eps`). At t = T the
 0, so the first step calls no denoiser: T steps cost T - 1 denoiser calls, as in the paper's
 Figure 1 ("denoised T - 1 times").
 
-Variants: "paper" (above), "x0_skip" (the reference code: the predicted clean latent is replaced
-by (1 - k/K) x0_hat + (k/K) Z with k the remaining-step index and K = T - 1, then the usual DDIM
-update; the reference's VQ quantisation of Z is not applied), "none" (plain DDIM, Eq. 10).
+Variants:
+- "reference" (the default; what the published LD3M code runs, `prune_and_distill` ddim.py): inside
+  every step the predicted clean latent is replaced by (1 - k/K) x0_hat + (k/K) Z, k the remaining-step
+  index and K = T - 1 (the first step uses Z alone, the last the pure prediction), then the usual DDIM
+  update. The reference's VQ quantisation of Z is not applied.
+- "eq12": Eq. 12 as printed. Its skip carries the *noisy* start z_T, in which Z is scaled by
+  sqrt(a_T) (2.7e-4 at the first of 10 steps of a linear 1e-4..0.02 schedule, 8.6e-4 on the LDM's):
+  the images hardly depend on Z. Eq. 12 and "none" see (Z, n) only through z_T, so the sensitivity
+  ratio ||dX/dZ|| / ||dX/dn|| is exactly sqrt(a_T / (1 - a_T)): 0.016 at T = 10 (0.030 at T = 6);
+  through a tiny LatentPrior (guidance 3) "reference" gives 10.5 (3.5 at T = 6). Under Eq. 12 the
+  learnable latent barely matters: the fixed noise n and c drive the set.
+- "none": plain DDIM (Eq. 10), the no-residual ablation.
+The names "paper" and "x0_skip" of earlier versions are refused with the new name.
 
 Unlike the reference code, which draws fresh q_sample noise on every call (so the image a loss
 saw is not the one its gradient is taken through), all noise lives in `ResidualNoise`, drawn once
@@ -37,7 +47,17 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-VARIANTS = ("paper", "x0_skip", "none")
+VARIANTS = ("reference", "eq12", "none")
+RENAMED_VARIANTS = {"x0_skip": "reference", "paper": "eq12"}  # names before the reference became the default
+
+
+def check_variant(variant: object, key: str = "variant") -> str:
+    """The variant, or a ValueError naming the valid ones (and the new name of a renamed one)."""
+    if variant in RENAMED_VARIANTS:
+        raise ValueError(f"{key}={variant!r} was renamed {RENAMED_VARIANTS[variant]!r}; valid: {', '.join(VARIANTS)}")
+    if variant not in VARIANTS:
+        raise ValueError(f"{key} must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    return variant
 
 
 @dataclass
@@ -141,17 +161,17 @@ def _residual_step(
     """One reverse step k (paper t = T - k): z_t -> z_{t-1}."""
     num_steps = schedule.num_steps
     skip_weight = (num_steps - k) / num_steps  # the paper's t/T
-    if variant == "paper" and k == 0:
+    if variant == "eq12" and k == 0:
         z_prev = z_start  # (1 - T/T) * mu == 0: the mean does not enter, no denoiser call needed
     else:
         a_t, a_prev, sigma = schedule.alphas[k], schedule.alphas_prev[k], schedule.sigmas[k]
         eps = prior.predict_noise(z, schedule.timesteps[k], conditions, guidance)
         x0 = (z - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
-        if variant == "x0_skip" and num_steps > 1:
+        if variant == "reference" and num_steps > 1:
             remaining = (num_steps - 1 - k) / (num_steps - 1)  # 1 at the first step, 0 at the last
             x0 = (1.0 - remaining) * x0 + remaining * latents
         z_prev = math.sqrt(a_prev) * x0 + math.sqrt(max(1.0 - a_prev - sigma**2, 0.0)) * eps
-        if variant == "paper":
+        if variant == "eq12":
             z_prev = (1.0 - skip_weight) * z_prev + skip_weight * z_start
     if schedule.sigmas[k] > 0:
         z_prev = z_prev + schedule.sigmas[k] * step_noise
@@ -197,7 +217,7 @@ def residual_ddim_sample(
     num_steps: int,
     guidance: float = 1.0,
     eta: float = 0.0,
-    variant: str = "paper",
+    variant: str = "reference",
     checkpoint: bool = False,
     schedule: ResidualSchedule | None = None,
     record: list[torch.Tensor] | None = None,
@@ -216,8 +236,7 @@ def residual_ddim_sample(
       step, max |recomputed - stored| (0 when the prior is deterministic).
     `schedule` may be passed to skip rebuilding it.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    check_variant(variant)
     if latents.shape[1:] != tuple(prior.latent_shape):
         raise ValueError(
             f"latents have shape {tuple(latents.shape[1:])} per sample but the prior's native latent shape is "
@@ -243,7 +262,7 @@ def residual_ddim_sample(
             _residual_step, prior=prior, schedule=schedule, k=k, guidance=guidance, variant=variant
         )
         inputs = (z, z_start, latents, conditions, None if noise.steps is None else noise.steps[:, k])
-        cheap = variant == "paper" and k == 0  # no denoiser call: nothing worth saving
+        cheap = variant == "eq12" and k == 0  # no denoiser call: nothing worth saving
         if replay is not None and grad and not cheap:
             z = _ReplayStep.apply(step, replay[k], mismatches, *inputs)
         elif checkpoint and grad and not cheap:

@@ -34,14 +34,15 @@ import torch
 from diffdistill.data.atomic import write_atomic, write_json_atomic
 from diffdistill.data.bundle import TensorBundle, to_signed, to_unit
 from diffdistill.diffusion.residual import (
-    VARIANTS,
     ResidualNoise,
+    check_variant,
     generate_and_backprop,
     generate_images,
     residual_ddim_sample,
     residual_schedule,
 )
 from diffdistill.distill.objectives import (
+    DC_SCHEDULES,
     Augment,
     DCConfig,
     DistributionMatching,
@@ -58,9 +59,10 @@ from diffdistill.distill.objectives import (
 OBJECTIVES = ("dc", "dm", "mtt")
 BACKPROP_MODES = ("replay", "checkpoint", "plain")
 SPACES = ("latent", "pixel", "decoder_only", "condition_only", "no_residual")
-# Paper A.3 (latents and conditions), and the classic pixel-space learning rates
-# (DC/DSA lr_img 0.1, DM 1 on CIFAR, MTT 1000 on ImageNet subsets).
-LATENT_LR = {"dc": 1e-3, "dm": 1e-2, "mtt": 10.0}
+# The published LD3M code's lr_w for Z and c (the paper's A.3 lists GLaD's 1e-3 / 1e-2 / 10), and the classic
+# pixel-space learning rates, a step in normalised space as in their code (DC/DSA lr_img 0.1, DM 1 on CIFAR,
+# MTT 1000 on ImageNet subsets).
+LATENT_LR = {"dc": 0.1, "dm": 1.0, "mtt": 1000.0}
 PIXEL_LR = {"dc": 0.1, "dm": 1.0, "mtt": 1000.0}
 CHECKPOINT_FILE = "ld3m_checkpoint.safetensors"
 _INIT_STREAM = 2**40  # seed stream of the init generator, far from the iteration streams 0, 1, 2, ...
@@ -87,7 +89,7 @@ class SamplerConfig:
     num_steps: int = 10  # T (paper: 10 at 128 px, 20 at 256 px)
     guidance: float = 3.0
     eta: float = 0.0
-    variant: str = "paper"
+    variant: str = "reference"  # the published code's x0 skip; "eq12" (as printed) | "none" (diffusion/residual.py)
     # How pass 2 back-propagates through the T steps: "replay" (pass 1 keeps each step's output
     # latent, backward recomputes one step at a time), "checkpoint" (torch.utils.checkpoint around
     # every step, the chain runs forward again: the reference scheme), "plain" (whole graph kept).
@@ -138,6 +140,12 @@ class LD3MConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def dc_config(self) -> DCConfig:
+        """`dc` with its loop schedule resolved: GLaD / LD3M's 1/1 in prior spaces, DC/DSA's table in pixel space."""
+        if self.dc.schedule is not None:
+            return self.dc
+        return dataclasses.replace(self.dc, schedule="dc_table" if self.space == "pixel" else "glad")
+
     def learning_rate(self) -> float:
         if self.lr is not None:
             return float(self.lr)
@@ -168,8 +176,9 @@ class LD3MConfig:
             raise ValueError(f"space must be one of {SPACES}, got {self.space!r}")
         if self.init not in ("real", "noise"):
             raise ValueError(f"init must be 'real' or 'noise', got {self.init!r}")
-        if self.sampler.variant not in VARIANTS:
-            raise ValueError(f"sampler.variant must be one of {VARIANTS}, got {self.sampler.variant!r}")
+        check_variant(self.sampler.variant, "ld3m.sampler.variant")
+        if self.dc.schedule is not None and self.dc.schedule not in DC_SCHEDULES:
+            raise ValueError(f"ld3m.dc.schedule must be one of {', '.join(DC_SCHEDULES)}, got {self.dc.schedule!r}")
         if self.ipc < 1 or self.iterations < 0 or self.checkpoint_every < 1:
             raise ValueError(f"ipc and checkpoint_every must be >= 1 and iterations >= 0; got ipc={self.ipc}, "
                              f"checkpoint_every={self.checkpoint_every}, iterations={self.iterations}")
@@ -314,6 +323,56 @@ def _encode(prior, images_unit: torch.Tensor, chunk_size: int) -> torch.Tensor:
 # --- images from the state ---
 
 
+def decode_unit(prior, z: torch.Tensor) -> torch.Tensor:
+    """Clean latents -> images in [0, 1] at the data's size (the prior's decode returns [-1, 1])."""
+    return ((prior.decode(z) + 1.0) * 0.5).clamp(0.0, 1.0)
+
+
+_SENSITIVITY_STREAM = 2**41  # seed stream of the diagnostic's probe direction
+PSNR_CAP_DB = 100.0  # identical images (decoder_only) report this instead of infinity
+
+
+def latent_sensitivity(synthesize: Synthesizer, seed: int) -> dict[str, float]:
+    """How much a prior space's images depend on the learnable latent Z, on the first chunk of the state.
+
+    - `init_psnr_db`: PSNR (peak 1) of the generated images X against decode(Z), the images Z alone stands
+      for (the encoded-real init at iteration 0);
+    - `init_grad_norm_latents` / `init_grad_norm_noise`: ||J_Z^T v|| and ||J_n^T v|| for one probe v ~ N(0, I)
+      of the images' shape, J the Jacobian of X in Z and in the stored start noise n; E||J^T v||^2 = ||J||_F^2,
+      so their ratio `init_sensitivity_ratio` estimates ||dX/dZ||_F / ||dX/dn||_F (> 1: Z drives the images,
+      << 1: the fixed noise does). Spaces without diffusion (decoder_only) have no n and no ratio.
+    Runs the sampler once with grad (every step checkpointed); the state is not touched."""
+    state, config, prior = synthesize.state, synthesize.config, synthesize.prior
+    index = slice(0, min(config.sampler.chunk_size, state.labels.shape[0]))
+    latents = state.latents[index].detach().clone().requires_grad_(True)
+    with torch.no_grad():
+        reference = decode_unit(prior, latents)
+    wrt = [latents]
+    with torch.enable_grad():
+        if synthesize.schedule is None:
+            images = decode_unit(prior, latents)
+        else:
+            noise = state.noise[index]
+            start = noise.start.detach().clone().requires_grad_(True)
+            wrt.append(start)
+            z = residual_ddim_sample(
+                prior, latents, state.conditions[index].detach(), ResidualNoise(start, noise.steps),
+                num_steps=config.sampler.num_steps, guidance=config.sampler.guidance, eta=config.sampler.eta,
+                variant=synthesize.variant, checkpoint=True, schedule=synthesize.schedule)
+            images = decode_unit(prior, z)
+        probe = torch.randn(images.shape, generator=torch.Generator().manual_seed(
+            derive_seed(seed, _SENSITIVITY_STREAM))).to(images.device)
+        grads = torch.autograd.grad((images * probe).sum(), wrt, allow_unused=True)
+    mse = float((images.detach() - reference).double().square().mean())
+    out = {"init_psnr_db": PSNR_CAP_DB if mse <= 10 ** (-PSNR_CAP_DB / 10) else -10.0 * math.log10(mse)}
+    norms = [0.0 if g is None else float(g.norm()) for g in grads]
+    out["init_grad_norm_latents"] = norms[0]
+    if len(norms) > 1:
+        out["init_grad_norm_noise"] = norms[1]
+        out["init_sensitivity_ratio"] = norms[0] / norms[1] if norms[1] > 0 else float("inf")
+    return out
+
+
 class Synthesizer:
     """state[index] -> synthetic images in [0, 1] at the real images' size (B, C, H, W).
 
@@ -366,7 +425,7 @@ class Synthesizer:
         if self.space == "pixel":
             return self.state.images[index]
         z = self._sample(index) if self.schedule is not None else self.state.latents[index]
-        return ((self.prior.decode(z) + 1.0) * 0.5).clamp(0.0, 1.0)  # decode returns data-size images
+        return decode_unit(self.prior, z)
 
     def pop_mismatch(self) -> float:
         """Largest replay recomputation error since the last call (0.0 if nothing was replayed)."""
@@ -433,7 +492,7 @@ def _build_objective(config, real, experts, net_factory, augment):
     factory = net_factory or default_net_factory(section.net, channels, real.num_classes, size)
     device = torch.device(config.device)
     if config.objective == "dc":
-        return GradientMatching(real, section, ipc=config.ipc, net_factory=factory, augment=augment, device=device)
+        return GradientMatching(real, config.dc_config(), ipc=config.ipc, net_factory=factory, augment=augment, device=device)
     if config.objective == "dm":
         return DistributionMatching(real, section, net_factory=factory, augment=augment, device=device)
     if experts is None:
@@ -447,16 +506,30 @@ def _peak_memory(device: torch.device) -> tuple[int, str]:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process_max_rss"
 
 
+def pixel_step_scale(real: RealImages, device: torch.device | str = "cpu") -> torch.Tensor:
+    """std^2 per channel, (1, C, 1, 1). The references learn images x_n = (x - mean) / std; we learn x in [0, 1]
+    (the objectives normalise inside), where dL/dx = (dL/dx_n) / std. A step of lr * std^2 on x is then exactly
+    the references' step of lr on x_n (momentum included: the buffer is linear in the gradients), so pixel-space
+    learning rates mean what DC / DSA / DM / MTT's mean; without it one step would move x_n std^-2 times as far
+    (~7x on digits, ~16x for CIFAR-10's std, ~19-20x for ImageNet's)."""
+    return real.std.to(device).square().view(1, -1, 1, 1)
+
+
 @torch.no_grad()
 def _sgd_momentum(
-    params: dict[str, torch.Tensor], momentum: dict[str, torch.Tensor], lrs: dict[str, float], beta: float
+    params: dict[str, torch.Tensor], momentum: dict[str, torch.Tensor], lrs: dict[str, float | torch.Tensor],
+    beta: float,
 ):
-    """torch.optim.SGD(momentum=beta, dampening=0) written out, so its buffers are plain saved tensors."""
+    """torch.optim.SGD(momentum=beta, dampening=0) written out, so its buffers are plain saved tensors.
+    A learning rate may be a tensor broadcasting against its parameter (pixel space: one per channel)."""
     for name, param in params.items():
         grad = param.grad if param.grad is not None else torch.zeros_like(param)
         buffer = momentum[name]
         buffer.mul_(beta).add_(grad)
-        param.add_(buffer, alpha=-lrs[name])
+        if isinstance(lrs[name], torch.Tensor):
+            param.sub_(buffer * lrs[name])
+        else:
+            param.add_(buffer, alpha=-lrs[name])
         param.grad = None
 
 
@@ -529,7 +602,9 @@ def distill_ld3m(
 
     lr = config.learning_rate()
     params = state.learnable(config.space)
-    lrs = dict.fromkeys(params, lr)
+    lrs: dict[str, float | torch.Tensor] = dict.fromkeys(params, lr)
+    if config.space == "pixel":  # pixels live in [0, 1]; the step is the references' step in normalised space
+        lrs["images"] = pixel_step_scale(real, device) * lr
     for name, (tensor, extra_lr) in objective.extra_parameters().items():
         if name in state.extras:
             with torch.no_grad():
@@ -543,6 +618,8 @@ def distill_ld3m(
 
     synthesize = Synthesizer(prior, state, config, real.image_shape)
     num_samples, chunk = state.labels.shape[0], config.sampler.chunk_size
+    # Iteration 0 of a prior space: does the learnable latent drive the images? (into iteration 0's metrics)
+    sensitivity = latent_sensitivity(synthesize, config.seed) if config.space != "pixel" and state.step == 0 else {}
 
     def diverged(iteration: int, what: str) -> DivergenceError:
         where = (
@@ -604,6 +681,8 @@ def distill_ld3m(
             if regen_errors:
                 metrics["regeneration_max_abs_diff"] = max(regen_errors)
             metrics.update({name: float(t.detach()) for name, t in state.extras.items() if t.numel() == 1})
+            if iteration == 0:
+                metrics.update(sensitivity)
             on_step(metrics)
         if checkpoint_dir is not None and (
             state.step % config.checkpoint_every == 0 or state.step == config.iterations
@@ -629,6 +708,7 @@ def _result(state: LD3MState, synthesize: Synthesizer, config: LD3MConfig, class
     """The distilled set and the state; a class shard keeps only its own classes' rows (not the ghost ones)."""
     for tensor in state.learnable(config.space).values():
         tensor.requires_grad_(False)
+    # The distilled set: float32 images clamped to [0, 1] (pixels learn unclamped; no 8-bit quantisation).
     images = generate_images(synthesize, state.labels.shape[0], config.sampler.chunk_size).clamp(0.0, 1.0)
     synthesize.trajectories.clear()
     meta = {
@@ -644,6 +724,10 @@ def _result(state: LD3MState, synthesize: Synthesizer, config: LD3MConfig, class
         "init": config.init,
         "image_size": real.image_shape[-1],
     }
+    if config.objective == "dc":
+        meta["dc_loops"] = list(config.dc_config().loops(config.ipc))  # (outer, inner) rounds per iteration
+    if config.space == "pixel":
+        meta["lr_space"] = "normalised"  # lr is the step on (x - mean) / std, as in the references
     if config.space != "pixel":
         spec = SPACE_SPECS[config.space]
         meta.update(

@@ -30,6 +30,7 @@ NetFactory = Callable[[torch.Generator], nn.Module]
 
 # DC/DSA's (outer_loop, inner_loop) per images-per-class (DatasetCondensation `get_loops`).
 DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+DC_SCHEDULES = ("dc_table", "glad")
 
 
 class Augment(Protocol):
@@ -172,7 +173,11 @@ class DCConfig:
     batch_real: int = 256
     batch_train: int = 256  # minibatch of the inner-loop net update on synthetic data
     lr_net: float = 0.01
-    outer_loop: int | None = None  # None: DC_LOOPS[ipc]
+    # (outer_loop, inner_loop) when both are not given: "dc_table" = DC_LOOPS[ipc] (DC/DSA in pixel space),
+    # "glad" = 1/1 (GLaD's and LD3M's default in prior spaces: one matching round, the net never trained on the set);
+    # None = the caller's default (LD3M: "glad" in prior spaces, "dc_table" in pixel space; alone: "dc_table").
+    schedule: str | None = None
+    outer_loop: int | None = None  # both set: they override `schedule`
     inner_loop: int | None = None
 
     def loops(self, ipc: int) -> tuple[int, int]:
@@ -180,6 +185,10 @@ class DCConfig:
             if self.outer_loop < 1 or self.inner_loop < 0:
                 raise ValueError("dc.outer_loop must be >= 1 and dc.inner_loop >= 0")
             return self.outer_loop, self.inner_loop
+        if self.schedule is not None and self.schedule not in DC_SCHEDULES:
+            raise ValueError(f"dc.schedule must be one of {', '.join(DC_SCHEDULES)}, got {self.schedule!r}")
+        if self.schedule == "glad":
+            return 1, 1
         if ipc not in DC_LOOPS:
             raise ValueError(
                 f"DC has no loop table entry for ipc={ipc} (known: {sorted(DC_LOOPS)}); "

@@ -15,6 +15,7 @@ import torch
 from diffdistill.data.atomic import write_json_atomic
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.data.grid import image_grid
+from diffdistill.diffusion.residual import check_variant
 from diffdistill.distill.ld3m import OBJECTIVES, SPACES, LD3MConfig, distill_ld3m, load_checkpoint
 from diffdistill.pipelines.common import (
     as_mlflow_history,
@@ -37,15 +38,16 @@ HISTORY_FILE = "history.json"
 HISTORY_SKIP = {"iteration", "memory_kind", "lr", "rounds"}  # constants of the run live in the set's meta
 
 
-def method_name(objective: str, space: str) -> str:
-    return f"ld3m_{objective}_{space}"
+def method_name(objective: str, space: str, variant: str | None = None) -> str:
+    """`ld3m_<objective>_<space>`; a run that pins a sampler variant gets it as a suffix (`ld3m_dm_latent_eq12`)."""
+    return f"ld3m_{objective}_{space}" + (f"_{variant}" if variant else "")
 
 
-def set_name(objective: str, space: str, ipc: int) -> str:
-    return f"{method_name(objective, space)}_ipc{ipc}"
+def set_name(objective: str, space: str, ipc: int, variant: str | None = None) -> str:
+    return f"{method_name(objective, space, variant)}_ipc{ipc}"
 
 
-def check_run(objective: Any, space: Any) -> None:
+def check_run(objective: Any, space: Any, variant: Any = None) -> None:
     """Refuse unknown names up front, naming the parameter that holds them."""
     if objective not in OBJECTIVES:
         raise ValueError(f"ld3m.runs has objective={objective!r}; choose one of {', '.join(OBJECTIVES)} "
@@ -53,6 +55,12 @@ def check_run(objective: Any, space: Any) -> None:
     if space not in SPACES:
         raise ValueError(f"ld3m.runs has space={space!r} (objective {objective}); choose one of "
                          f"{', '.join(SPACES)} (conf/base/parameters_ld3m.yml)")
+    if variant is not None:
+        check_variant(variant, f"ld3m.runs variant (objective {objective}, space {space})")
+        if space != "latent":
+            fixed = "none" if space != "decoder_only" else "no sampler"
+            raise ValueError(f"ld3m.runs gives variant={variant!r} to space {space!r}, which always uses {fixed}; "
+                             "a variant applies to space 'latent' only (conf/base/parameters_ld3m.yml)")
 
 
 def check_ipc(train_set: TensorBundle, ipc: int) -> None:
@@ -82,10 +90,22 @@ def learning_rate(params: dict[str, Any], objective: str, space: str) -> float |
     return None if value is None else float(value)
 
 
+def dc_schedule(params: dict[str, Any], space: str) -> str | None:
+    """`dc.schedule` given per kind of space, {prior: glad, pixel: dc_table}, or as one name; None = the core's."""
+    value = (params.get("dc") or {}).get("schedule")
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"prior", "pixel"})
+        if unknown:
+            raise ValueError(f"ld3m.dc.schedule has keys {unknown}; use {{prior: glad, pixel: dc_table}}")
+        return value.get("pixel" if space == "pixel" else "prior")
+    return value
+
+
 def ld3m_config(params: dict[str, Any], train_set: TensorBundle, device: str, *, objective: str, space: str,
-                ipc: int) -> LD3MConfig:
-    """`params:ld3m` -> the core's config for one run (objective, space, IPC, iterations and lr resolved)."""
-    check_run(objective, space)
+                ipc: int, variant: str | None = None) -> LD3MConfig:
+    """`params:ld3m` -> the core's config for one run (objective, space, IPC, iterations, lr, DC loop schedule and
+    a run's own sampler variant resolved)."""
+    check_run(objective, space, variant)
     check_params(params, "ld3m", {"iterations": dict}, {"lr": (dict, None), "net_overrides": (dict, None),
                                                         "seed": int, "dsa_strategy": str})
     iterations = params["iterations"]
@@ -96,6 +116,10 @@ def ld3m_config(params: dict[str, Any], train_set: TensorBundle, device: str, *,
                   iterations=int(_per_ipc(iterations[objective], ipc, f"ld3m.iterations.{objective}")),
                   lr=learning_rate(params, objective, space),
                   dsa_strategy=resolve_dsa_strategy(values.get("dsa_strategy", "auto"), train_set))
+    if isinstance(values.get("dc"), dict):
+        values["dc"] = {**values["dc"], "schedule": dc_schedule(params, space)}
+    if variant is not None:
+        values["sampler"] = {**(values.get("sampler") or {}), "variant": variant}
     config = LD3MConfig.from_dict(values)
     config.validate()
     return config
@@ -138,22 +162,23 @@ def _save_history(scratch: Path, history: dict[str, list[float]]) -> None:
 
 def distill_ld3m_set(train_set: TensorBundle, params: dict[str, Any], device: str,
                      prior_model: Any = None, expert_trajectories: TensorBundle | None = None, *,
-                     objective: str, space: str, ipc: int):
+                     objective: str, space: str, ipc: int, variant: str | None = None):
     """Distill IPC images per class with LD3M (or a pixel / ablation space); returns the distilled set, its grid,
     the learned state (Z, c, stored noise, labels), the per-iteration MLflow history and the ‖∂L/∂Z‖ record."""
     distilled, state, history, config = _distill(train_set, params, device, prior_model, expert_trajectories,
-                                                 objective=objective, space=space, ipc=ipc, classes=None)
+                                                 objective=objective, space=space, ipc=ipc, classes=None,
+                                                 variant=variant)
     return _set_outputs(distilled, state, history, config)
 
 
 def _distill(train_set: TensorBundle, params: dict[str, Any], device: str, prior_model: Any,
              expert_trajectories: TensorBundle | None, *, objective: str, space: str, ipc: int,
-             classes: tuple[int, int] | None) -> tuple[TensorBundle, TensorBundle, dict[str, list[float]], LD3MConfig]:
+             variant: str | None = None, classes: tuple[int, int] | None) -> tuple[TensorBundle, TensorBundle, dict[str, list[float]], LD3MConfig]:
     """One LD3M run over `classes` (None = all): the distilled bundle, the state bundle, the history, the config."""
-    name = set_name(objective, space, ipc)
-    check_run(objective, space)
+    name = set_name(objective, space, ipc, variant)
+    check_run(objective, space, variant)
     check_ipc(train_set, ipc)
-    config = ld3m_config(params, train_set, device, objective=objective, space=space, ipc=ipc)
+    config = ld3m_config(params, train_set, device, objective=objective, space=space, ipc=ipc, variant=variant)
     images = train_set["images"]
     fingerprint = data_fingerprint(train_set)
     lineage: dict[str, Any] = {"train_set_fingerprint": fingerprint}
@@ -200,6 +225,8 @@ def _distill(train_set: TensorBundle, params: dict[str, Any], device: str, prior
                           net_factory=factory, class_names=train_set.class_names, classes=classes)
     extra = {**real_split_meta(train_set), "set": name, "dsa_strategy": config.dsa_strategy,
              "net_overrides": overrides, **lineage}
+    if space != "pixel":  # iteration 0's latent-sensitivity diagnostic (kept in the history across a resume)
+        extra["sensitivity"] = sensitivity(history)
     distilled = TensorBundle(result.images.tensors, {**result.images.meta, **extra})
     state = TensorBundle(result.state.tensors, {**result.state.meta, **extra, "kind": "ld3m_state"})
     shutil.rmtree(scratch, ignore_errors=True)  # finished: the artifacts hold everything
@@ -215,25 +242,26 @@ def _set_outputs(distilled: TensorBundle, state: TensorBundle, history: dict[str
 
 
 def distill_ld3m_classes(train_set: TensorBundle, params: dict[str, Any], device: str, prior_model: Any = None, *,
-                         objective: str, space: str, ipc: int, shard: tuple[int, int]) -> TensorBundle:
+                         objective: str, space: str, ipc: int, shard: tuple[int, int],
+                         variant: str | None = None) -> TensorBundle:
     """One class shard of an LD3M DM set: its images, state rows and per-iteration history in one bundle."""
     classes = class_range(train_set.num_classes, shard)
     distilled, state, history, _ = _distill(train_set, params, device, prior_model, None, objective=objective,
-                                            space=space, ipc=ipc, classes=classes)
+                                            space=space, ipc=ipc, variant=variant, classes=classes)
     tensors = {**distilled.tensors, **{f"state.{k}": v for k, v in state.tensors.items()}}
     return TensorBundle(tensors, {"kind": "ld3m_part", "classes": list(classes), "set_meta": distilled.meta,
                                   "state_meta": state.meta, "history": history})
 
 
 def merge_ld3m_parts(train_set: TensorBundle, params: dict[str, Any], device: str, *parts: TensorBundle,
-                     objective: str, space: str, ipc: int):
+                     objective: str, space: str, ipc: int, variant: str | None = None):
     """Class shards of one LD3M DM set -> the five artifacts of the unsharded node: distilled set and state
     byte-identical; the history recombined (loss and time summed, gradient norms root-sum-squared, peaks maxed),
     a diagnostic only: a shard's per-iteration values also count its ghost classes (`computed_classes`)."""
     parts = list(parts)
-    check_parts_cover(parts, train_set.num_classes, set_name(objective, space, ipc))
-    require_same(parts, ("set_meta", "state_meta"), set_name(objective, space, ipc))
-    config = ld3m_config(params, train_set, device, objective=objective, space=space, ipc=ipc)
+    check_parts_cover(parts, train_set.num_classes, set_name(objective, space, ipc, variant))
+    require_same(parts, ("set_meta", "state_meta"), set_name(objective, space, ipc, variant))
+    config = ld3m_config(params, train_set, device, objective=objective, space=space, ipc=ipc, variant=variant)
 
     def cat(names: list[str]) -> dict[str, torch.Tensor]:
         return {name: torch.cat([p[name] for p in parts]) for name in names}
@@ -253,13 +281,26 @@ def merge_histories(histories: list[dict[str, list[float]]]) -> dict[str, list[f
     merged = {}
     for key in histories[0]:
         columns = list(zip(*(h[key] for h in histories), strict=True))
-        if key.startswith("grad_norm_"):
+        if key.startswith("grad_norm_") or key in ("init_grad_norm_latents", "init_grad_norm_noise"):
             merged[key] = [math.sqrt(sum(v * v for v in row)) for row in columns]
+        elif key == "init_psnr_db":  # each shard's own first chunk: their mean squared errors average
+            merged[key] = [-10.0 * math.log10(sum(10 ** (-v / 10) for v in row) / len(row)) for row in columns]
+        elif key == "init_sensitivity_ratio":
+            continue  # recomputed below from the merged norms
         elif key in ("peak_memory_bytes", "regeneration_max_abs_diff"):
             merged[key] = [max(row) for row in columns]
         else:
             merged[key] = [sum(row) for row in columns]
+    if "init_grad_norm_noise" in merged:
+        merged["init_sensitivity_ratio"] = [z / n if n > 0 else float("inf") for z, n in
+                                            zip(merged["init_grad_norm_latents"], merged["init_grad_norm_noise"],
+                                                strict=True)]
     return merged
+
+
+def sensitivity(history: dict[str, list[float]]) -> dict[str, float]:
+    """Iteration 0's latent-sensitivity diagnostic (`distill.ld3m.latent_sensitivity`) from the history."""
+    return {key: values[0] for key, values in history.items() if key.startswith("init_") and values}
 
 
 def gradient_record(history: dict[str, list[float]], config: LD3MConfig, name: str) -> dict[str, Any]:
@@ -269,5 +310,5 @@ def gradient_record(history: dict[str, list[float]], config: LD3MConfig, name: s
                                                                                       "grad_norm_latents")
     return {"set": name, "objective": config.objective, "space": config.space, "ipc": config.ipc,
             "iterations": config.iterations, "lr": config.learning_rate(), "grad_norm_of": main[len("grad_norm_"):],
-            "grad_norm": history.get(main, []), "loss": history.get("loss", []),
+            "grad_norm": history.get(main, []), "loss": history.get("loss", []), "sensitivity": sensitivity(history),
             **{k: v for k, v in history.items() if k.startswith("grad_norm_")}}

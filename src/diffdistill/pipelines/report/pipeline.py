@@ -12,7 +12,8 @@ from diffdistill.pipelines.report.nodes import build_report, gradient_snr_plot
 def residual_pairs() -> list[str]:
     """`<set>.ld3m_gradients` of every (objective, IPC) that runs both with (`latent`) and without the residual."""
     runs = set(ld3m_runs())
-    objectives = [o for o, space in runs if space == "latent" and (o, "no_residual") in runs]
+    objectives = [o for o, space, variant in runs if space == "latent" and not variant
+                  and (o, "no_residual", None) in runs]
     return [f"{set_name(o, space, int(ipc))}.ld3m_gradients" for o in sorted(objectives)
             for ipc in base_parameters("ipcs") for space in ("latent", "no_residual")]
 
