@@ -179,17 +179,60 @@ def test_registry_builds_one_namespace_per_run_and_ipc(monkeypatch):
 
     conf = yaml.safe_load((PROJECT / "conf/base/parameters_ld3m.yml").read_text())["ld3m"]["runs"]
     ipcs = yaml.safe_load((PROJECT / "conf/base/parameters.yml").read_text())["ipcs"]
-    expected = {f"ld3m_{r['objective']}_{r['space']}_ipc{i}" for r in conf for i in ipcs}
+    expected = {f"ld3m_{r['objective']}_{r['space']}" + (f"_{r['variant']}" if r.get("variant") else "") + f"_ipc{i}"
+                for r in conf for i in ipcs}
+    assert {"ld3m_dm_latent_eq12_ipc1", "ld3m_dm_latent_ipc1"} <= expected  # Eq. 12 beside the reproduction
     pipeline = create_pipeline()
     assert {n.namespace for n in pipeline.nodes} == expected and len(pipeline.nodes) == len(expected)
     for node in pipeline.nodes:
         objective, space = node.namespace.split("_")[1], node.namespace.split("_", 2)[2].rsplit("_ipc", 1)[0]
+        space = space.removesuffix("_eq12")
         assert ("prior_model" in node.inputs) == (space != "pixel")
         assert ("expert_trajectories" in node.inputs) == (objective == "mtt")
         assert f"{node.namespace}.distilled_set" in node.outputs
     assert expected <= set(evaluated_sets())
     assert "ld3m_dm_latent_ipc1.ld3m_gradients" in residual_pairs()
     assert "ld3m_dm_no_residual_ipc1.ld3m_gradients" in residual_pairs()
+
+
+def test_a_run_with_a_variant_is_its_own_set_with_its_own_rate():
+    params = {**PARAMS, "lr": {**PARAMS["lr"], "latent_eq12": {"dm": 7.0}}}
+    eq12 = nodes.ld3m_config(params, train_set(), "cpu", objective="dm", space="latent", ipc=1, variant="eq12")
+    default = nodes.ld3m_config(params, train_set(), "cpu", objective="dm", space="latent", ipc=1)
+    assert (eq12.sampler.variant, eq12.lr) == ("eq12", 7.0) and (default.sampler.variant, default.lr) == ("reference",
+                                                                                                        0.05)
+    assert nodes.learning_rate(params, "dm", "no_residual") == 0.05  # `latent_eq12` is not every prior space's
+    distilled, _, state, _, gradients = run(ipc=1, variant="eq12", params=params)
+    assert distilled.meta["set"] == "ld3m_dm_latent_eq12_ipc1" and distilled.meta["variant"] == "eq12"
+    assert set(distilled.meta["sensitivity"]) == {"init_psnr_db", "init_grad_norm_latents", "init_grad_norm_noise",
+                                                  "init_sensitivity_ratio"}
+    assert gradients["sensitivity"] == distilled.meta["sensitivity"]
+    reference, *_ = run(ipc=1, params=params)  # 2 steps of a 100-step schedule: z_T is not yet pure noise
+    ratios = [d.meta["sensitivity"]["init_sensitivity_ratio"] for d in (distilled, reference)]
+    assert ratios[1] > 2 * ratios[0], ratios
+
+
+@pytest.mark.parametrize(("space", "variant", "message"), [
+    ("no_residual", "eq12", "applies to space 'latent' only"), ("latent", "paper", "'paper' was renamed 'eq12'"),
+    ("latent", "x0", "must be one of reference, eq12, none"),
+])
+def test_a_bad_run_variant_is_refused_naming_the_valid_ones(space, variant, message):
+    with pytest.raises(ValueError, match=message):
+        nodes.check_run("dm", space, variant)
+
+
+def test_dc_schedule_is_explicit_per_kind_of_space_in_conf_base():
+    conf = yaml.safe_load((PROJECT / "conf/base/parameters_ld3m.yml").read_text())["ld3m"]
+    assert conf["dc"]["schedule"] == {"prior": "glad", "pixel": "dc_table"}
+    assert conf["sampler"]["variant"] == "reference"
+    paper = yaml.safe_load((PROJECT / "conf/paper/parameters_ld3m.yml").read_text())["ld3m"]
+    assert paper["sampler"]["variant"] == "reference"
+    params = {**PARAMS, "dc": {"batch_real": 4, "schedule": conf["dc"]["schedule"]}}
+    for space, loops in (("latent", (1, 1)), ("condition_only", (1, 1)), ("pixel", (10, 50))):
+        config = nodes.ld3m_config(params, train_set(per_class=10), "cpu", objective="dc", space=space, ipc=10)
+        assert config.dc_config().loops(10) == loops
+    with pytest.raises(ValueError, match=r"ld3m.dc.schedule has keys \['latent'\]"):
+        nodes.dc_schedule({"dc": {"schedule": {"latent": "glad"}}}, "latent")
 
 
 def test_rolling_snr_is_rolling_mean_over_rolling_std():

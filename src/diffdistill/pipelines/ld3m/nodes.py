@@ -82,12 +82,15 @@ def _per_ipc(value: Any, ipc: int, name: str) -> Any:
     return table[ipc]
 
 
-def learning_rate(params: dict[str, Any], objective: str, space: str) -> float | None:
-    """`lr.<space>.<objective>`, else `lr.latent.<objective>` for every prior space; None = the core's default."""
+def learning_rate(params: dict[str, Any], objective: str, space: str, variant: str | None = None) -> float | None:
+    """`lr.<space>_<variant>.<objective>` for a run that pins a variant (`latent_eq12`), else `lr.<space>.<objective>`,
+    else `lr.latent.<objective>` for every prior space; None = the core's default."""
     table = params.get("lr") or {}
-    by_space = table.get(space, table.get("latent") if space != "pixel" else None) or {}
-    value = by_space.get(objective)
-    return None if value is None else float(value)
+    for key in ([f"{space}_{variant}"] if variant else []) + [space] + (["latent"] if space != "pixel" else []):
+        value = (table.get(key) or {}).get(objective)
+        if value is not None:
+            return float(value)
+    return None
 
 
 def dc_schedule(params: dict[str, Any], space: str) -> str | None:
@@ -114,7 +117,7 @@ def ld3m_config(params: dict[str, Any], train_set: TensorBundle, device: str, *,
     values = {k: v for k, v in params.items() if k not in NODE_KEYS}
     values.update(objective=objective, space=space, ipc=ipc, device=device,
                   iterations=int(_per_ipc(iterations[objective], ipc, f"ld3m.iterations.{objective}")),
-                  lr=learning_rate(params, objective, space),
+                  lr=learning_rate(params, objective, space, variant),
                   dsa_strategy=resolve_dsa_strategy(values.get("dsa_strategy", "auto"), train_set))
     if isinstance(values.get("dc"), dict):
         values["dc"] = {**values["dc"], "schedule": dc_schedule(params, space)}
