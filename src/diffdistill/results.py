@@ -1,0 +1,230 @@
+"""Committed result tables: `results/<dataset>.csv` from a project's evaluation artifacts, and the README tables
+generated from those CSVs (never typed).
+
+    python -m diffdistill.results collect --dataset digits [--project .]   # data/ -> results/digits.csv
+    python -m diffdistill.results readme                                    # results/*.csv -> README.md blocks
+
+One CSV row per set × IPC × architecture × protocol (`set` without its `_ipc<N>` suffix), plus rows with
+`arch` = `unseen_mean`: per training seed the mean over the unseen architectures, then mean ± std over seeds.
+`mean` / `std` in % (std over seeds as `np.std`, the references' convention; 0 with n = 1), `epochs` the
+evaluation's training epochs, `iterations` the distillation iterations (LD3M; empty for sets that do not iterate),
+`published` the paper's value where one exists for this dataset and protocol (empty otherwise).
+The README holds one block per CSV between `<!-- results:<dataset> -->` and `<!-- /results:<dataset> -->`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import statistics
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+HEADER = ["set", "ipc", "arch", "protocol", "mean", "std", "n", "epochs", "iterations", "published", "git_sha"]
+ARCHS = ["convnet", "alexnet", "vgg11", "resnet18", "vit"]
+UNSEEN = ["alexnet", "vgg11", "resnet18", "vit"]
+ARCH_LABELS = {"convnet": "ConvNet", "alexnet": "AlexNet", "vgg11": "VGG11", "resnet18": "ResNet18", "vit": "ViT",
+               "unseen_mean": "unseen mean"}
+
+
+def _latest(folder: Path) -> Path | None:
+    """The newest complete version of a versioned artifact folder (`<name>/<timestamp>/<name>`)."""
+    versions = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() \
+        else []
+    for version in reversed(versions):
+        path = version / folder.name
+        if path.exists():
+            return path
+    return None
+
+
+def set_iterations(project: Path, set_name: str) -> int | None:
+    """Distillation iterations recorded in a distilled set's meta sidecar (None for sets that do not iterate)."""
+    path = _latest(project / "data/07_model_output" / set_name / "distilled_set.safetensors")
+    sidecar = None if path is None else path.with_name(path.name + ".json")
+    if sidecar is None or not sidecar.is_file():
+        return None
+    meta = json.loads(sidecar.read_text()).get("meta", {})
+    if meta.get("method") in ("ld3m", "dc", "dm", "mtt"):
+        return int(meta["iterations"])
+    return None
+
+
+def rows_of(result: dict[str, Any], *, iterations: int | None, git_sha: str,
+            published: dict[tuple[str, int | None, str, str], float] | None = None) -> list[dict[str, Any]]:
+    """CSV rows of one `<set>.eval_results` record."""
+    name = result["set"]
+    ipc = result.get("meta", {}).get("ipc")
+    base = name.rsplit("_ipc", 1)[0] if ipc is not None else name
+    by_arch: dict[str, dict[int, float]] = {}
+    protocol, epochs = None, None
+    for row in result["rows"]:
+        by_arch.setdefault(row["arch"], {})[int(row["seed"])] = 100.0 * float(row["test_accuracy"])
+        protocol, epochs = row["protocol"], int(row["epochs"])
+    out = []
+
+    def emit(arch: str, values: list[float]) -> None:
+        key = (base, ipc, arch, protocol)
+        out.append({"set": base, "ipc": "" if ipc is None else int(ipc), "arch": arch, "protocol": protocol,
+                    "mean": round(statistics.fmean(values), 2),
+                    "std": round(statistics.pstdev(values), 2) if len(values) > 1 else 0.0, "n": len(values),
+                    "epochs": epochs, "iterations": "" if iterations is None else iterations,
+                    "published": "" if not published or key not in published else published[key], "git_sha": git_sha})
+
+    for arch in [a for a in ARCHS if a in by_arch] + sorted(set(by_arch) - set(ARCHS)):
+        emit(arch, [by_arch[arch][s] for s in sorted(by_arch[arch])])
+    seeds = sorted(set.intersection(*(set(by_arch[a]) for a in UNSEEN))) if all(a in by_arch for a in UNSEEN) else []
+    if seeds:
+        emit("unseen_mean", [statistics.fmean(by_arch[a][s] for a in UNSEEN) for s in seeds])
+    return out
+
+
+def git_sha(project: Path) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=project, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def lineage_sha(project: Path, version: str) -> str | None:
+    """The commit (12 hex, `+dirty` if the tree had changes) of the run that saved `version`, from its lineage record."""
+    record = project / "data/lineage" / f"{version}.json"
+    if not record.is_file():
+        return None
+    data = json.loads(record.read_text())
+    sha = str(data.get("git_sha") or "")[:12]
+    return sha + ("+dirty" if data.get("git_dirty") and sha else "") or None
+
+
+def collect(project: Path, sets: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of every evaluated set (latest version of each `<set>.eval_results`) under `project`."""
+    folder = project / "data/08_reporting/evaluation"
+    sha = git_sha(project)
+    rows = []
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        name = entry.name.removesuffix(".json")
+        if sets is not None and name not in sets:
+            continue
+        path = _latest(entry) if entry.is_dir() else entry
+        if path is None:
+            continue
+        result = json.loads(path.read_text())
+        if result.get("status") != "done" or not result.get("rows"):
+            continue
+        rows.extend(rows_of(result, iterations=set_iterations(project, name),
+                            git_sha=lineage_sha(project, path.parent.name) or sha))
+    return sort_rows(rows)
+
+
+def _set_order(name: str) -> tuple[int, str]:
+    order = ["full", "random", "herding", "d3hr", "d3hr_factorised"]
+    return (order.index(name), "") if name in order else (len(order), name)
+
+
+def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    arch_order = {a: i for i, a in enumerate([*ARCHS, "unseen_mean"])}
+    return sorted(rows, key=lambda r: (r["ipc"] == "", r["ipc"] if r["ipc"] != "" else 0, _set_order(r["set"]),
+                                       r["protocol"], arch_order.get(r["arch"], 99), r["arch"]))
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HEADER, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buffer.getvalue())
+    tmp.replace(path)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames != HEADER:
+            raise ValueError(f"{path} has header {reader.fieldnames}; expected {HEADER}")
+        return list(reader)
+
+
+def _cell(row: dict[str, str] | None) -> str:
+    if row is None:
+        return "–"
+    text = f"{float(row['mean']):.1f}"
+    if int(row["n"]) > 1:
+        text += f" ± {float(row['std']):.1f}"
+    if row.get("published"):
+        text += f" ({float(row['published']):.1f})"
+    return text
+
+
+def markdown_table(rows: list[dict[str, str]]) -> str:
+    """One line per (set, IPC, protocol); columns the architectures and the unseen mean; n = 1 shows no ±."""
+    columns = [*ARCHS, "unseen_mean"]
+    groups: dict[tuple[str, str, str], dict[str, dict[str, str]]] = {}
+    meta: dict[tuple[str, str, str], tuple[set[str], set[str], set[str]]] = {}
+    for row in rows:
+        key = (row["set"], row["ipc"], row["protocol"])
+        groups.setdefault(key, {})[row["arch"]] = row
+        n, epochs, its = meta.setdefault(key, (set(), set(), set()))
+        n.add(row["n"])
+        epochs.add(row["epochs"])
+        if row["iterations"]:
+            its.add(row["iterations"])
+    lines = ["| set | IPC | protocol | epochs | seeds | iterations | "
+             + " | ".join(ARCH_LABELS.get(c, c) for c in columns) + " |",
+             "|" + "---|" * (6 + len(columns))]
+    for key, cells in groups.items():
+        name, ipc, protocol = key
+        n, epochs, its = meta[key]
+        lines.append(f"| {name} | {ipc or 'all'} | {protocol} | {'/'.join(sorted(epochs))} | {'/'.join(sorted(n))} | "
+                     f"{'/'.join(sorted(its)) or '–'} | " + " | ".join(_cell(cells.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def render_readme(readme: Path, results_dir: Path) -> bool:
+    """Rewrite every `<!-- results:<name> -->` block of the README from `results/<name>.csv`; True if changed."""
+    text = readme.read_text()
+    new = text
+    for path in sorted(results_dir.glob("*.csv")):
+        start, end = f"<!-- results:{path.stem} -->", f"<!-- /results:{path.stem} -->"
+        if start not in new or end not in new:
+            continue
+        head, rest = new.split(start, 1)
+        _, tail = rest.split(end, 1)
+        block = (f"{start}\n<!-- generated by `python -m diffdistill.results readme` from results/{path.name}; "
+                 f"do not edit -->\n{markdown_table(read_csv(path))}\n{end}")
+        new = head + block + tail
+    if new != text:
+        readme.write_text(new)
+    return new != text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m diffdistill.results", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("collect", help="evaluation artifacts of a project -> results/<dataset>.csv")
+    c.add_argument("--dataset", required=True)
+    c.add_argument("--project", default=".")
+    c.add_argument("--out", default=None)
+    r = sub.add_parser("readme", help="results/*.csv -> the README's generated tables")
+    r.add_argument("--readme", default="README.md")
+    r.add_argument("--results", default="results")
+    args = parser.parse_args(argv)
+    if args.command == "collect":
+        project = Path(args.project)
+        rows = collect(project)
+        out = Path(args.out or project / "results" / f"{args.dataset}.csv")
+        write_csv(rows, out)
+        print(f"{len(rows)} rows -> {out}")
+    else:
+        changed = render_readme(Path(args.readme), Path(args.results))
+        print(f"{args.readme}: {'updated' if changed else 'already up to date'}")
+
+
+if __name__ == "__main__":
+    main()

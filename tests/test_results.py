@@ -1,0 +1,77 @@
+"""results/<dataset>.csv: rows from evaluation records, the fixed header, and README tables generated from them."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pytest
+
+from diffdistill import results
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def _record(name="ld3m_dm_latent_ipc10", seeds=(0, 1, 2)):
+    accs = {"convnet": [0.9, 0.92, 0.94], "alexnet": [0.5, 0.6, 0.7], "vgg11": [0.8, 0.8, 0.8],
+            "resnet18": [0.85, 0.9, 0.95], "vit": [0.4, 0.5, 0.3]}
+    rows = [{"arch": a, "seed": s, "test_accuracy": accs[a][i], "protocol": "dc", "epochs": 100, "set": name}
+            for a in accs for i, s in enumerate(seeds)]
+    return {"set": name, "status": "done", "meta": {"ipc": 10}, "rows": rows}
+
+
+def test_rows_are_mean_and_population_std_per_arch_and_the_unseen_mean_over_seeds():
+    rows = results.rows_of(_record(), iterations=20, git_sha="abc")
+    assert [r["arch"] for r in rows] == [*results.ARCHS, "unseen_mean"]
+    assert all(r["set"] == "ld3m_dm_latent" and r["ipc"] == 10 and r["n"] == 3 and r["iterations"] == 20
+               for r in rows)
+    convnet = rows[0]
+    assert convnet["mean"] == pytest.approx(92.0) and convnet["std"] == pytest.approx(round(
+        statistics.pstdev([90.0, 92.0, 94.0]), 2))
+    per_seed = [statistics.fmean([50, 80, 85, 40]), statistics.fmean([60, 80, 90, 50]),
+                statistics.fmean([70, 80, 95, 30])]
+    unseen = rows[-1]
+    assert unseen["mean"] == pytest.approx(round(statistics.fmean(per_seed), 2))
+    assert unseen["std"] == pytest.approx(round(statistics.pstdev(per_seed), 2))
+    assert set(rows[0]) == set(results.HEADER)
+
+
+def test_one_seed_has_no_fake_spread_in_the_markdown(tmp_path):
+    rows = results.rows_of(_record("full", seeds=(0,)) | {"meta": {}}, iterations=None, git_sha="abc")
+    assert rows[0]["ipc"] == "" and rows[0]["std"] == 0.0
+    path = tmp_path / "x.csv"
+    results.write_csv(rows, path)
+    table = results.markdown_table(results.read_csv(path))
+    assert "| full | all | dc | 100 | 1 | – | 90.0 |" in table and "±" not in table
+
+
+def test_a_csv_with_another_header_is_refused(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("set,ipc,arch,mean\nrandom,1,convnet,10\n")
+    with pytest.raises(ValueError, match="expected"):
+        results.read_csv(path)
+
+
+def test_readme_blocks_are_rewritten_from_the_csv(tmp_path):
+    results.write_csv(results.rows_of(_record(), iterations=20, git_sha="abc"), tmp_path / "toy.csv")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:toy -->\nstale\n<!-- /results:toy -->\nend\n")
+    assert results.render_readme(readme, tmp_path)
+    text = readme.read_text()
+    assert "stale" not in text and "| ld3m_dm_latent | 10 | dc | 100 | 3 | 20 | 92.0 ± 1.6 |" in text
+    assert text.startswith("intro\n") and text.endswith("end\n")
+    assert not results.render_readme(readme, tmp_path)  # idempotent
+
+
+@pytest.mark.parametrize("path", sorted((PROJECT / "results").glob("*.csv")), ids=lambda p: p.name)
+def test_committed_tables_have_the_fixed_header_and_the_readme_shows_them(path):
+    rows = results.read_csv(path)
+    assert rows, f"{path} is empty"
+    readme = (PROJECT / "README.md").read_text()
+    start, end = f"<!-- results:{path.stem} -->", f"<!-- /results:{path.stem} -->"
+    assert start in readme, f"README.md has no generated block for {path.name}"
+    block = readme.split(start, 1)[1].split(end, 1)[0]
+    assert results.markdown_table(rows) in block, "README table is stale: run `python -m diffdistill.results readme`"
+    for row in rows:
+        assert row["arch"] in (*results.ARCHS, "unseen_mean") and int(row["n"]) >= 1
+        assert not row["set"].endswith(tuple(f"_ipc{i}" for i in range(1, 1000)))
