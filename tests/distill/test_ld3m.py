@@ -242,7 +242,7 @@ def test_config_validation():
         _config(space="w_plus").validate()
     with pytest.raises(ValueError, match="needs expert trajectories"):
         _run(_config(objective="mtt", iterations=1))
-    assert LD3MConfig(objective="mtt").learning_rate() == 10.0
+    assert LD3MConfig(objective="mtt").learning_rate() == 1000.0  # the published LD3M code's lr_w
     assert LD3MConfig(objective="dc", space="pixel").learning_rate() == 0.1
 
 

@@ -53,9 +53,9 @@ RENAMED_VARIANTS = {"x0_skip": "reference", "paper": "eq12"}  # names before the
 
 def check_variant(variant: object, key: str = "variant") -> str:
     """The variant, or a ValueError naming the valid ones (and the new name of a renamed one)."""
-    if variant in RENAMED_VARIANTS:
+    if isinstance(variant, str) and variant in RENAMED_VARIANTS:
         raise ValueError(f"{key}={variant!r} was renamed {RENAMED_VARIANTS[variant]!r}; valid: {', '.join(VARIANTS)}")
-    if variant not in VARIANTS:
+    if not isinstance(variant, str) or variant not in VARIANTS:
         raise ValueError(f"{key} must be one of {', '.join(VARIANTS)}, got {variant!r}")
     return variant
 

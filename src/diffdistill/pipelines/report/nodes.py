@@ -26,6 +26,8 @@ def row_label(meta: dict[str, Any]) -> tuple[str, str]:
         return "noise (D3HR)", "group sampling" + (" (factorised)" if meta.get("variant") == "factorised" else "")
     space = str(meta.get("space", "latent"))
     objective = str(meta.get("objective", method)).upper()
+    if space == "latent" and meta.get("variant") == "eq12":
+        return "latent (LD3M, Eq. 12 as printed)", objective
     return {"latent": "latent (LD3M)", "pixel": "pixel"}.get(space, space.replace("_", " ")), objective
 
 
@@ -51,10 +53,10 @@ def comparison_table(results: list[dict[str, Any]], archs: list[str]) -> pd.Data
     table = pd.DataFrame.from_records(records)
     if table.empty:
         return table
-    order = {"real": 0, "pixel": 1, "decoder only": 2, "condition only": 3, "no residual": 4, "latent (LD3M)": 5,
-             "noise (D3HR)": 6}
+    order = {"real": 0, "pixel": 1, "decoder only": 2, "condition only": 3, "no residual": 4,
+             "latent (LD3M, Eq. 12 as printed)": 5, "latent (LD3M)": 6, "noise (D3HR)": 7}
     table["_ipc_order"] = table["IPC"].map(lambda v: 10**9 if v == "all" else int(v))
-    table["_space_order"] = table["space"].map(lambda s: order.get(s, 7))
+    table["_space_order"] = table["space"].map(lambda s: order.get(s, 8))
     return table.sort_values(["_ipc_order", "_space_order", "method"]).reset_index(drop=True)
 
 
@@ -131,8 +133,8 @@ def rolling_snr(values: list[float], window: int) -> tuple[list[int], list[float
 
 
 def gradient_snr_plot(params: dict[str, Any], *records: dict[str, Any] | None) -> Image.Image:
-    """Paper Fig. 7: SNR of ‖∂L/∂Z‖ over iterations with (`latent`) vs without (`no_residual`) the residual z_T
-    skip of Eq. 12, one panel per (objective, IPC); dashed lines are linear fits. Sets not run yet are skipped."""
+    """Paper Fig. 7: SNR of ‖∂L/∂Z‖ over iterations with (`latent`, the reproduction variant) vs without
+    (`no_residual`) the residual skip, one panel per (objective, IPC); dashed lines are linear fits. Sets not run yet are skipped."""
     import numpy as np
 
     window = int(params.get("snr_window", 10))
@@ -146,7 +148,7 @@ def gradient_snr_plot(params: dict[str, Any], *records: dict[str, Any] | None) -
         axes[0][0].text(0.5, 0.5, "no LD3M gradient records yet\n(run the ld3m pipeline: latent and no_residual)",
                         ha="center", va="center", fontsize=9)
         axes[0][0].set_axis_off()
-    labels = {"latent": "with residual (Eq. 12)", "no_residual": "without residual"}
+    labels = {"latent": "with residual (the published code's x0 skip)", "no_residual": "without residual"}
     for ax, ((objective, ipc), group) in zip(axes[0], sorted(panels.items()), strict=False):
         for record in sorted(group, key=lambda r: r["space"] != "latent"):
             steps, snr = rolling_snr(record["grad_norm"], window)
