@@ -8,8 +8,6 @@ written to `data/lineage/<save_version>.json` and attached to the MLflow run as 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import subprocess
@@ -21,6 +19,7 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from diffdistill.data.atomic import write_json_atomic
+from diffdistill.workdir import fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def git_state(project_path: Path) -> dict[str, Any]:
 
 
 def params_hash(params: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return fingerprint(params)
 
 
 def _dataset_version(catalog: Any, name: str, *, load: bool) -> str | None:

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffdistill.distill.experts import ExpertConfig, train_experts
-from diffdistill.distill.objectives import RealImages, derive_seed, flatten_parameters
+from diffdistill.distill.objectives import RealImages, flatten_parameters
+from diffdistill.rng import derive_seed
 
 
 class SoftmaxRegression(nn.Module):

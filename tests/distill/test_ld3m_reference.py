@@ -22,7 +22,8 @@ from diffdistill.distill.ld3m import (
     latent_sensitivity,
     pixel_step_scale,
 )
-from diffdistill.distill.objectives import DistributionMatching, DMConfig, RealImages, derive_seed
+from diffdistill.distill.objectives import DistributionMatching, DMConfig, RealImages
+from diffdistill.rng import derive_seed
 from tests.distill.test_ld3m import NUM_CLASSES, SIDE, ToyNet, ToyPrior, _real
 from tests.prior.tiny import build_prior
 

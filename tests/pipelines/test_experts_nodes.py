@@ -10,10 +10,11 @@ import torch.nn.functional as F
 
 import diffdistill.distill.experts as core_experts
 from diffdistill.data.bundle import TensorBundle
-from diffdistill.distill.objectives import RealImages, derive_seed, flatten_parameters
+from diffdistill.distill.objectives import RealImages, flatten_parameters
 from diffdistill.nets import build_net
-from diffdistill.pipelines import common
 from diffdistill.pipelines.experts import nodes
+from diffdistill.rng import derive_seed
+from diffdistill.workdir import split_fingerprint
 
 NUM_CLASSES, SIDE = 3, 8
 PARAMS = {"num_experts": 2, "epochs": 2, "lr": 0.05, "batch_size": 8, "net": "convnet",
@@ -44,7 +45,7 @@ def test_bundle_holds_every_snapshot_and_the_lineage_meta():
     torch.testing.assert_close(trajectories[0, 0], flatten_parameters(net))  # seeded from (seed, expert) + overrides
     assert not torch.equal(trajectories[0, 0], trajectories[1, 0])
     meta = bundle.meta
-    assert meta["train_set_fingerprint"] == common.data_fingerprint(real)
+    assert meta["train_set_fingerprint"] == split_fingerprint(real)
     assert (meta["arch"], meta["net_overrides"], meta["epochs"], meta["num_experts"]) == ("convnet", {"width": 4}, 2, 2)
     assert meta["dsa_strategy"] == "color_crop_cutout_scale_rotate"  # auto: digits drop flip
     assert [m["step"] for m in metrics["final_train_accuracy"]] == [0, 1]

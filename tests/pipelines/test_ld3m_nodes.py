@@ -14,10 +14,10 @@ from kedro.io.core import Version
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.datasets import AtomicJSONDataset
 from diffdistill.evaluation import channel_stats
-from diffdistill.pipelines import common
 from diffdistill.pipelines.experts.nodes import train_expert_trajectories
 from diffdistill.pipelines.ld3m import nodes
 from diffdistill.pipelines.report.nodes import gradient_snr_plot, rolling_snr
+from diffdistill.workdir import module_fingerprint, split_fingerprint
 
 NUM_CLASSES, SIDE = 3, 8
 PROJECT = Path(__file__).resolve().parents[2]
@@ -79,8 +79,8 @@ def test_distilled_set_has_the_common_format_and_lineage_meta():
     assert meta["class_names"] == ["a", "b", "c"] and meta["num_classes"] == 3 and meta["source"] == "digits"
     mean, std = channel_stats(real["images"])
     assert meta["mean"] == pytest.approx(mean.tolist()) and meta["std"] == pytest.approx(std.tolist())
-    assert meta["prior_fingerprint"] == common.module_fingerprint(prior)
-    assert meta["train_set_fingerprint"] == common.data_fingerprint(real)
+    assert meta["prior_fingerprint"] == module_fingerprint(prior)
+    assert meta["train_set_fingerprint"] == split_fingerprint(real)
     assert meta["lr"] == 0.05 and meta["iterations"] == 2 and meta["set"] == "ld3m_dm_latent_ipc2"
     assert grid.dtype == torch.uint8 and grid.shape[0] == 3
     assert {"latents", "conditions", "labels", "noise.start"} <= set(state.tensors)  # eta 0: no per-step noise
@@ -135,8 +135,8 @@ def test_mtt_runs_on_matching_experts_and_refuses_others():
     assert distilled.meta["objective"] == "mtt" and "experts_fingerprint" in distilled.meta
 
     other = train_set(seed=1)
-    with pytest.raises(ValueError, match=(rf"trained on train_set {common.data_fingerprint(real)} but the loaded "
-                                          rf"train_set is {common.data_fingerprint(other)}.*--pipelines experts")):
+    with pytest.raises(ValueError, match=(rf"trained on train_set {split_fingerprint(real)} but the loaded "
+                                          rf"train_set is {split_fingerprint(other)}.*--pipelines experts")):
         run("mtt", ipc=1, real=other, expert_trajectories=experts)
     with pytest.raises(ValueError, match=r"arch 'convnet' .*ld3m.mtt.net is 'alexnet'.*--pipelines experts"):
         run("mtt", ipc=1, real=real, expert_trajectories=experts,

@@ -22,7 +22,6 @@ image folders have their shorter side resized and the centre square kept.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import math
 import struct
@@ -37,6 +36,7 @@ from PIL import Image
 
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.data.images import DECODE_ERRORS, describe_error, list_image_files, read_images
+from diffdistill.rng import named_seed
 
 SOURCE_NAMES = ("digits", "fashion_mnist", "cifar10", "image_folder", "imagenet_subset")
 DEFAULT_IMAGE_SIZE = {"digits": 16, "fashion_mnist": 32, "cifar10": 32, "image_folder": 128, "imagenet_subset": 128}
@@ -273,8 +273,7 @@ def _check_class_minimum(counts: dict[str, int], minimum: int, split: str, param
 
 def make_generator(seed: int, purpose: str) -> torch.Generator:
     """An independent stream per purpose, so capping the train split never moves the test draw."""
-    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return torch.Generator().manual_seed(named_seed(seed, purpose))
 
 
 def cap_per_class(labels: torch.Tensor, cap: int | None, generator: torch.Generator) -> torch.Tensor:

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from diffdistill.data.bundle import TensorBundle
+from diffdistill.rng import MASK64, mix64, splitmix64
 
 RECIPE_FORMAT = "diffdistill.d3hr.group/1"
 DEFAULT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -45,7 +46,6 @@ DEFAULT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 # (float64 accumulation of identical values leaves ~1e-13 relative round-off, not 0).
 ZERO_STD_RTOL = 1e-10
 _STREAMS = {"group": 1, "mean": 2, "std": 3, "residual": 4}
-_MASK64 = (1 << 64) - 1
 
 
 # --------------------------------------------------------------------------- statistics
@@ -312,39 +312,25 @@ def moment_report(batches: Iterable[tuple[Tensor, Tensor]], num_classes: int, *,
 # --------------------------------------------------------------------------- seeds
 
 
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def _mix(*values: int) -> int:
-    h = 0x6A09E667F3BCC908
-    for v in values:
-        h = _splitmix64(h ^ (int(v) & _MASK64))
-    return h >> 1  # 63 bits: a non-negative int64 for torch and JSON
-
-
 def class_seed(base_seed: int, class_index: int) -> int:
     """Seed of one class's candidate streams, derived from the run's base seed and the class index."""
-    return _mix(0xC1A55, base_seed, class_index)
+    return mix64(0xC1A55, base_seed, class_index)
 
 
 def _stream_key(seed_of_class: int, stream: str) -> int:
     if stream not in _STREAMS:
         raise ValueError(f"stream must be one of {sorted(_STREAMS)}, got {stream!r}")
-    return _splitmix64(_mix(0xCA4D1, seed_of_class, _STREAMS[stream]))
+    return splitmix64(mix64(0xCA4D1, seed_of_class, _STREAMS[stream]))
 
 
 def _seed_in_stream(key: int, index: int) -> int:
-    return _splitmix64(key ^ index) >> 1
+    return splitmix64(key ^ index) >> 1
 
 
 def candidate_seed(seed_of_class: int, stream: str, index: int) -> int:
     """Seed of candidate `index` in `stream` ("group" for whole groups; "mean", "std", "residual"
     for the factorised sampler's parts): SplitMix64 of (class seed, stream) keyed with the index."""
-    return _seed_in_stream(_stream_key(seed_of_class, stream), int(index) & _MASK64)
+    return _seed_in_stream(_stream_key(seed_of_class, stream), int(index) & MASK64)
 
 
 def draw_candidate(seed_of_class: int, stream: str, index: int, shape: Sequence[int], *,

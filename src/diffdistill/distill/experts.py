@@ -21,9 +21,9 @@ from diffdistill.distill.objectives import (
     RealImages,
     augment_per_sample,
     default_net_factory,
-    derive_seed,
     flatten_parameters,
 )
+from diffdistill.rng import derive_seed
 
 
 @dataclass

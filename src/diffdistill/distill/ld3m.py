@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from diffdistill import rng
 from diffdistill.data.atomic import write_atomic, write_json_atomic
 from diffdistill.data.bundle import TensorBundle, to_signed, to_unit
 from diffdistill.diffusion.residual import (
@@ -53,8 +54,8 @@ from diffdistill.distill.objectives import (
     RealImages,
     TrajectoryMatching,
     default_net_factory,
-    derive_seed,
 )
+from diffdistill.rng import derive_seed
 
 OBJECTIVES = ("dc", "dm", "mtt")
 BACKPROP_MODES = ("replay", "checkpoint", "plain")
@@ -266,8 +267,7 @@ def init_state(real: RealImages, prior, config: LD3MConfig, classes: tuple[int, 
     picks the real images to encode (or draws N(0, 1)) and then draws the sampler's stored noise, so a
     class shard starts from exactly the state the full run has for its classes. c = prior.condition(class)."""
     first, stop = (0, real.num_classes) if classes is None else classes
-    init_seed = derive_seed(config.seed, _INIT_STREAM)
-    generators = [torch.Generator().manual_seed(derive_seed(init_seed, k)) for k in range(first, stop)]
+    generators = [rng.generator(config.seed, _INIT_STREAM, k) for k in range(first, stop)]
     device = torch.device(config.device)
     labels = torch.arange(first, stop).repeat_interleave(config.ipc)
     if config.init == "real":

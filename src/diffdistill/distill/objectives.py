@@ -25,6 +25,7 @@ from torch import nn
 from torch.func import functional_call
 
 from diffdistill.data.bundle import to_unit
+from diffdistill.rng import derive_seed
 
 NetFactory = Callable[[torch.Generator], nn.Module]
 
@@ -47,15 +48,6 @@ def default_net_factory(name: str, in_channels: int, num_classes: int, image_siz
         return build_net(name, in_channels, num_classes, image_size, generator=generator)
 
     return make
-
-
-def derive_seed(seed: int, stream: int) -> int:
-    """A well-mixed 63-bit seed for sub-stream `stream` of `seed` (SplitMix64 finaliser): per-iteration
-    and per-expert generators that depend on nothing but (seed, index), so resuming reproduces them."""
-    x = (seed * 0x9E3779B97F4A7C15 + (stream + 1) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return (x ^ (x >> 31)) & 0x7FFFFFFFFFFFFFFF
 
 
 # --- real data ---

@@ -21,6 +21,7 @@ from diffdistill.augment import DSA, cutmix, dsa_strategy_for, random_resized_cr
 from diffdistill.data.bundle import TensorBundle, to_unit
 from diffdistill.evaluation.protocols import ProtocolConfig, get_protocol, lr_at
 from diffdistill.nets import build_net
+from diffdistill.rng import split_seeds
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -178,10 +179,7 @@ def normalization_for(
 
 def _generators(seed: int) -> tuple[torch.Generator, torch.Generator]:
     """Independent CPU generators for net init and for data order / augmentation, derived from `seed`."""
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an int, got {seed!r}")
-    root = torch.Generator().manual_seed(seed)
-    init_seed, data_seed = torch.randint(0, 2**62, (2,), generator=root).tolist()
+    init_seed, data_seed = split_seeds(seed, 2)
     return torch.Generator().manual_seed(init_seed), torch.Generator().manual_seed(data_seed)
 
 

@@ -6,8 +6,6 @@ from functools import partial, update_wrapper
 from pathlib import Path
 from typing import Any
 
-from diffdistill.data.atomic import write_json_atomic
-
 
 def as_mlflow_metrics(values: dict[str, float], step: int = 0) -> dict[str, dict[str, Any]]:
     """{name: value} -> the {name: {"value", "step"}} form kedro-mlflow's metric datasets take."""
@@ -144,40 +142,6 @@ def bind(func: Any, **kwargs: Any) -> Any:
     return update_wrapper(partial(func, **kwargs), func)
 
 
-def module_fingerprint(module: Any) -> str:
-    """sha256 (16 hex) over a module's state: identifies the exact prior an artifact was made with."""
-    import hashlib
-
-    import torch
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def data_fingerprint(bundle: Any) -> str:
-    """sha256 (16 hex) over a split's images and labels: identifies the exact data an artifact was made from."""
-    import hashlib
-
-    digest = hashlib.sha256(bundle["images"].contiguous().numpy().tobytes())
-    digest.update(bundle["labels"].contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def bundle_fingerprint(bundle: Any) -> str:
-    """sha256 (16 hex) over every tensor of a bundle (names included)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name in sorted(bundle.tensors):
-        digest.update(name.encode())
-        digest.update(bundle[name].contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def require_same_prior(bundle: Any, prior_fingerprint: str, name: str) -> None:
     """Refuse an artifact made with another prior than the one loaded now (lineage check)."""
     made_with = bundle.meta.get("prior_fingerprint")
@@ -188,18 +152,6 @@ def require_same_prior(bundle: Any, prior_fingerprint: str, name: str) -> None:
             "--load-versions (see `kedro lineage show " + name + "`)")
 
 
-def scratch_dir(kind: str, *keys: Any) -> Path:
-    """Resumable work state (training checkpoints) keyed by what determines the result.
-
-    Not a catalog artifact: it only lets a killed run resume; finished runs delete it.
-    """
-    import hashlib
-    import json
-
-    key = hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return Path("data") / "checkpoints" / kind / key
-
-
 def real_split_meta(train_set: Any) -> dict[str, Any]:
     """What every distilled set carries from the real split: classes, source, normalisation statistics."""
     from diffdistill.evaluation import channel_stats
@@ -207,32 +159,3 @@ def real_split_meta(train_set: Any) -> dict[str, Any]:
     mean, std = channel_stats(train_set["images"])
     return {"class_names": train_set.class_names, "num_classes": train_set.num_classes,
             "source": train_set.meta.get("source"), "mean": mean.tolist(), "std": std.tolist()}
-
-
-class ResumableResults:
-    """Finished units of a long node (one JSON file each, written atomically) so a killed run resumes.
-
-    `directory` comes from `scratch_dir(...)` keyed by everything that determines the results; the
-    node calls `clear()` once its outputs are returned to the catalog.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-
-    def _path(self, key: str) -> Path:
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in key)
-        return self.directory / f"{safe}.json"
-
-    def get(self, key: str) -> Any:
-        import json
-
-        path = self._path(key)
-        return json.loads(path.read_text()) if path.exists() else None
-
-    def put(self, key: str, value: Any) -> None:
-        write_json_atomic(self._path(key), value, sort_keys=True)
-
-    def clear(self) -> None:
-        import shutil
-
-        shutil.rmtree(self.directory, ignore_errors=True)

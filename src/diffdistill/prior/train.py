@@ -15,7 +15,6 @@ bytes of an uninterrupted run. Progress goes to `on_step(step, metrics)`.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import time
@@ -29,10 +28,10 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DModel
 from torch import nn
 
-from diffdistill.data.atomic import write_atomic
 from diffdistill.data.bundle import from_signed
 from diffdistill.diffusion.ddim import ddim_sample
 from diffdistill.prior.adapter import LatentPrior, psnr_signed
+from diffdistill.workdir import WorkDir
 
 OnStep = Callable[[int, dict[str, float]], None]
 MODES = ("train", "fine_tune")
@@ -321,17 +320,12 @@ class Phase:
             params[name].copy_(value)
 
 
-def _torch_save(state: dict[str, Any], path: Path) -> None:
-    torch.save(state, path)
-
-
 def run_phase(phase: Phase, *, checkpoint_dir: str | Path | None, checkpoint_every: int,
               log_every: int, on_step: OnStep | None) -> int:
     """Run (or resume) `phase` to its last step; returns the number of steps done."""
-    path = Path(checkpoint_dir) / f"{phase.name}.pt" if checkpoint_dir is not None else None
-    step = 0
-    if path is not None and path.is_file():
-        step = phase.load(torch.load(path, map_location="cpu", weights_only=True))
+    work = WorkDir(checkpoint_dir) if checkpoint_dir is not None else None
+    saved = work.load_torch(phase.name) if work is not None else None
+    step = phase.load(saved) if saved is not None else 0
     phase.module.train()
     started = time.monotonic()
     while step < phase.total_steps:
@@ -341,8 +335,8 @@ def run_phase(phase: Phase, *, checkpoint_dir: str | Path | None, checkpoint_eve
         out_of_time = phase.max_seconds is not None and time.monotonic() - started > phase.max_seconds
         if on_step is not None and (step % log_every == 0 or step == phase.total_steps or out_of_time):
             on_step(step, {f"{phase.name}/{k}": v for k, v in metrics.items()})
-        if path is not None and (step % checkpoint_every == 0 or step == phase.total_steps or out_of_time):
-            write_atomic(path, functools.partial(_torch_save, phase.state(step)))
+        if work is not None and (step % checkpoint_every == 0 or step == phase.total_steps or out_of_time):
+            work.save_torch(phase.name, phase.state(step))
         if out_of_time:
             break
     phase.module.eval()

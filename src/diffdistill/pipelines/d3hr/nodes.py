@@ -13,19 +13,16 @@ from diffdistill.data.grid import image_grid
 from diffdistill.diffusion import ddim_sample
 from diffdistill.distill.d3hr import ClassGaussians, GroupSamplingConfig, regenerate_group, sample_group
 from diffdistill.pipelines.common import (
-    ResumableResults,
     as_mlflow_metrics,
-    bundle_fingerprint,
     check_classifier_fits,
     check_params,
     classifier_from_bundle,
-    module_fingerprint,
     real_split_meta,
     require_same_prior,
-    scratch_dir,
 )
 from diffdistill.pipelines.sharding import check_parts_cover, class_range, require_same
 from diffdistill.prior import LatentPrior
+from diffdistill.workdir import WorkDir, bundle_fingerprint, module_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -62,16 +59,16 @@ def _select_classes(class_gaussians: TensorBundle, params: dict[str, Any], *, ip
     # bit for bit instead of searching again. Each class shard keeps its own folder (one shard's clear()
     # must not drop another's progress); the full run keeps the folder it always had.
     shard_key = () if classes == (0, gaussians.num_classes) else (list(classes),)
-    done = ResumableResults(scratch_dir("d3hr", ipc, factorised, sampling, bundle_fingerprint(class_gaussians),
-                                        *shard_key))
+    done = WorkDir.keyed("d3hr", ipc, factorised, sampling, bundle_fingerprint(class_gaussians),
+                            *shard_key)
     start = time.perf_counter()
     chosen = []
     for k in range(*classes):
-        entry = done.get(f"class{k}")
+        entry = done.get_json(f"class{k}")
         if entry is None:
             selection = sample_group(*gaussians.class_params(k), config, class_index=k)
             entry = {"recipe": selection.recipe, "score": selection.score, "terms": selection.terms}
-            done.put(f"class{k}", entry)
+            done.put_json(f"class{k}", entry)
         chosen.append(entry)
     seconds = time.perf_counter() - start
     done.clear()

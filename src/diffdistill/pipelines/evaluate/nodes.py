@@ -9,14 +9,12 @@ from typing import Any
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.evaluation import channel_stats, get_protocol, train_and_evaluate
 from diffdistill.pipelines.common import (
-    ResumableResults,
     as_mlflow_metrics,
     check_classifier_fits,
     check_params,
     classifier_from_bundle,
-    data_fingerprint,
-    scratch_dir,
 )
+from diffdistill.workdir import WorkDir, split_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -83,19 +81,19 @@ def evaluate_full_data(train_set: TensorBundle, test_set: TensorBundle, params: 
 def _train_rows(set_name: str, train: TensorBundle, test: TensorBundle, archs: list[str], seeds: list[int],
                 protocol, device: str, *, teacher, allow_unbalanced: bool) -> list[dict[str, Any]]:
     """One from-scratch training per (arch, seed); finished rows survive a killed run and are reused."""
-    done = ResumableResults(scratch_dir("evaluate", set_name, protocol.to_dict(), data_fingerprint(train),
-                                        data_fingerprint(test), device))
+    done = WorkDir.keyed("evaluate", set_name, protocol.to_dict(), split_fingerprint(train),
+                          split_fingerprint(test), device)
     rows = []
     for arch in archs:
         for seed in seeds:
             key = f"{arch}-seed{int(seed)}"
-            row = done.get(key)
+            row = done.get_json(key)
             if row is None:
                 result = train_and_evaluate(train, test, arch=arch, protocol=protocol, seed=int(seed), device=device,
                                             teacher=teacher, allow_unbalanced=allow_unbalanced)
                 row = {"set": set_name, "arch": arch, "seed": int(seed), "test_accuracy": result["test_accuracy"],
                        "epochs": result["epochs"], "protocol": result["protocol"]}
-                done.put(key, row)
+                done.put_json(key, row)
             rows.append(row)
             logger.info("%s %s seed %s: %.2f%%", set_name, arch, seed, 100 * row["test_accuracy"])
     done.clear()

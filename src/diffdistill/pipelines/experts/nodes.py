@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from diffdistill.augment import dsa_strategy_for
-from diffdistill.data.atomic import write_atomic, write_json_atomic
 from diffdistill.data.bundle import TensorBundle, to_unit
 from diffdistill.distill.experts import ExpertConfig, train_experts
 from diffdistill.distill.objectives import NetFactory, RealImages
 from diffdistill.nets import build_net
-from diffdistill.pipelines.common import (
-    as_mlflow_history,
-    as_mlflow_metrics,
-    check_params,
-    data_fingerprint,
-    scratch_dir,
-)
+from diffdistill.pipelines.common import as_mlflow_history, as_mlflow_metrics, check_params
+from diffdistill.workdir import WorkDir, split_fingerprint
 
 logger = logging.getLogger(__name__)
 # Keys of `params:experts` that the node handles itself; the rest is `ExpertConfig`.
@@ -61,18 +53,6 @@ def expert_config(params: dict[str, Any], train_set: TensorBundle) -> ExpertConf
     return config
 
 
-def _write_atomic(path: Path, tensor: torch.Tensor) -> None:
-    from safetensors.torch import save_file
-
-    write_atomic(path, lambda tmp: save_file({"trajectory": tensor.contiguous()}, str(tmp)))
-
-
-def _read(path: Path) -> torch.Tensor | None:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))["trajectory"] if path.is_file() else None
-
-
 @torch.no_grad()
 def final_train_scores(trajectory: torch.Tensor, factory: NetFactory, train_set: TensorBundle, real: RealImages,
                        device: str, batch_size: int = 512) -> tuple[float, float]:
@@ -96,26 +76,24 @@ def train_expert_trajectories(train_set: TensorBundle, params: dict[str, Any],
     config = expert_config(params, train_set)
     overrides = dict(params.get("net_overrides") or {})
     seed = int(params.get("seed", 0))
-    fingerprint = data_fingerprint(train_set)
+    fingerprint = split_fingerprint(train_set)
     factory = matching_net_factory(config.net, overrides, train_set)
     images, labels = train_set["images"], train_set["labels"]
-    scratch = scratch_dir("experts", dataclasses.asdict(config), overrides, seed, fingerprint)
-    write_json_atomic(scratch / "config.json", {"config": dataclasses.asdict(config), "seed": seed,
-                                                "net_overrides": overrides, "train_set": fingerprint})
-
-    def path(expert: int) -> Path:
-        return scratch / f"expert_{expert:05d}.safetensors"
+    work = WorkDir.keyed("experts", dataclasses.asdict(config), overrides, seed, fingerprint)
+    work.put_json("config", {"config": dataclasses.asdict(config), "seed": seed, "net_overrides": overrides,
+                             "train_set": fingerprint})
 
     def save_expert(expert: int, trajectory: torch.Tensor) -> None:
-        _write_atomic(path(expert), trajectory)
+        work.put_tensor(f"expert_{expert:05d}", trajectory)
         logger.info("expert %d/%d done", expert + 1, config.num_experts)
 
-    resumed = sum(path(e).is_file() for e in range(config.num_experts))
+    resumed = sum(work.file(f"expert_{e:05d}.safetensors").is_file() for e in range(config.num_experts))
     if resumed:
-        logger.info("experts: resuming, %d of %d experts already trained in %s", resumed, config.num_experts, scratch)
+        logger.info("experts: resuming, %d of %d experts already trained in %s", resumed, config.num_experts,
+                    work.path)
     start = time.perf_counter()
     trajectories = train_experts(images, labels, config, seed=seed, net_factory=factory, device=device,
-                                 load_expert=lambda e: _read(path(e)), save_expert=save_expert)
+                                 load_expert=lambda e: work.get_tensor(f"expert_{e:05d}"), save_expert=save_expert)
     seconds = time.perf_counter() - start
     real = RealImages.from_classes([images[labels == k] for k in range(train_set.num_classes)])
     scores = [final_train_scores(t, factory, train_set, real, device) for t in trajectories]
@@ -130,7 +108,7 @@ def train_expert_trajectories(train_set: TensorBundle, params: dict[str, Any],
         "final_train_accuracy": [a for a, _ in scores], "final_train_loss": [loss for _, loss in scores],
     }
     bundle = TensorBundle({"trajectories": stacked}, meta)
-    shutil.rmtree(scratch, ignore_errors=True)  # finished: the artifact holds every trajectory
+    work.clear()  # finished: the artifact holds every trajectory
     accuracies = meta["final_train_accuracy"]
     logger.info("experts: %d × %d epochs in %.1f s; final train accuracy %.1f%% (mean)", config.num_experts,
                 config.epochs, seconds, 100 * sum(accuracies) / len(accuracies))

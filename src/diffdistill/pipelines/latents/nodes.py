@@ -10,10 +10,11 @@ import torch
 
 from diffdistill.data.bundle import TensorBundle, to_signed, to_unit
 from diffdistill.diffusion import ddim_invert, ddim_sample
-from diffdistill.distill.objectives import derive_seed
-from diffdistill.pipelines.common import as_mlflow_metrics, check_params, module_fingerprint
+from diffdistill.pipelines.common import as_mlflow_metrics, check_params
 from diffdistill.pipelines.sharding import check_parts_cover, class_range, require_same
 from diffdistill.prior import LatentPrior, psnr_signed
+from diffdistill.rng import derive_seed
+from diffdistill.workdir import module_fingerprint
 
 logger = logging.getLogger(__name__)
 

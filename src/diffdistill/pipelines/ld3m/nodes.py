@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -17,16 +16,10 @@ from diffdistill.data.bundle import TensorBundle
 from diffdistill.data.grid import image_grid
 from diffdistill.diffusion.residual import check_variant
 from diffdistill.distill.ld3m import OBJECTIVES, SPACES, LD3MConfig, distill_ld3m, load_checkpoint
-from diffdistill.pipelines.common import (
-    as_mlflow_history,
-    check_params,
-    data_fingerprint,
-    module_fingerprint,
-    real_split_meta,
-    scratch_dir,
-)
+from diffdistill.pipelines.common import as_mlflow_history, check_params, real_split_meta
 from diffdistill.pipelines.experts.nodes import matching_net_factory, resolve_dsa_strategy
 from diffdistill.pipelines.sharding import check_parts_cover, class_range, require_same
+from diffdistill.workdir import WorkDir, fingerprint, module_fingerprint, split_fingerprint
 
 logger = logging.getLogger(__name__)
 # Keys of `params:ld3m` the node resolves itself; everything else goes to `LD3MConfig` as is.
@@ -146,10 +139,6 @@ def require_matching_experts(experts: TensorBundle, train_fingerprint: str, arch
             "re-run `kedro run --pipelines experts`, or change ld3m.mtt.net")
 
 
-def _meta_fingerprint(meta: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _load_history(scratch: Path) -> dict[str, list[float]]:
     """Per-iteration metrics of a killed run, cut to its last checkpoint (the iterations it will not redo)."""
     saved, path = load_checkpoint(scratch), scratch / HISTORY_FILE
@@ -183,8 +172,8 @@ def _distill(train_set: TensorBundle, params: dict[str, Any], device: str, prior
     check_ipc(train_set, ipc)
     config = ld3m_config(params, train_set, device, objective=objective, space=space, ipc=ipc, variant=variant)
     images = train_set["images"]
-    fingerprint = data_fingerprint(train_set)
-    lineage: dict[str, Any] = {"train_set_fingerprint": fingerprint}
+    train_fingerprint = split_fingerprint(train_set)
+    lineage: dict[str, Any] = {"train_set_fingerprint": train_fingerprint}
     prior = None
     if space != "pixel":
         if prior_model is None:
@@ -198,16 +187,16 @@ def _distill(train_set: TensorBundle, params: dict[str, Any], device: str, prior
     if objective == "mtt":
         if expert_trajectories is None:
             raise ValueError(f"{name}: objective mtt needs expert_trajectories; run `kedro run --pipelines experts`")
-        require_matching_experts(expert_trajectories, fingerprint, config.mtt.net, overrides)
+        require_matching_experts(expert_trajectories, train_fingerprint, config.mtt.net, overrides)
         experts = list(expert_trajectories["trajectories"].unbind(0))
-        lineage["experts_fingerprint"] = _meta_fingerprint(expert_trajectories.meta)
+        lineage["experts_fingerprint"] = fingerprint(expert_trajectories.meta)
     factory = None
     if overrides:
         factory = matching_net_factory(getattr(config, objective).net, overrides, train_set)
 
     key = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_KEYS}
     shard_key = () if classes is None else (list(classes),)  # each class shard resumes from its own folder
-    scratch = scratch_dir("ld3m", name, key, overrides, lineage, *shard_key)
+    scratch = WorkDir.keyed("ld3m", name, key, overrides, lineage, *shard_key).path
     scratch.mkdir(parents=True, exist_ok=True)
     history = _load_history(scratch)
     if history:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from typing import Any
 
@@ -16,9 +15,6 @@ from diffdistill.pipelines.common import (
     check_classifier_fits,
     check_params,
     classifier_from_bundle,
-    data_fingerprint,
-    module_fingerprint,
-    scratch_dir,
 )
 from diffdistill.prior import (
     LatentPrior,
@@ -30,6 +26,7 @@ from diffdistill.prior import (
     reconstruction_psnr,
     train_prior,
 )
+from diffdistill.workdir import WorkDir, module_fingerprint, split_fingerprint
 
 logger = logging.getLogger(__name__)
 SOURCES = ("train", "fine_tune", "dit_folder", "components")
@@ -75,7 +72,7 @@ def build_prior(train_set: TensorBundle, params: dict[str, Any], device: str) ->
                                          "fine_tune", "device": device})
     images = to_signed(to_unit(train_set["images"]))
     labels = train_set["labels"]
-    checkpoints = scratch_dir("prior", config.to_dict(), data_fingerprint(train_set))
+    checkpoints = WorkDir.keyed("prior", config.to_dict(), split_fingerprint(train_set)).path
     history: dict[str, list[float]] = {}
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
@@ -89,7 +86,7 @@ def build_prior(train_set: TensorBundle, params: dict[str, Any], device: str) ->
                         prior=_load_pretrained(params, train_set, device) if source == "fine_tune" else None,
                         checkpoint_dir=checkpoints, on_step=on_step)
     history["train_seconds"] = [time.perf_counter() - start]
-    shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the artifact is the prior itself
+    WorkDir(checkpoints).clear()  # finished: the artifact is the prior itself
     return prior, as_mlflow_history(history)
 
 
