@@ -52,3 +52,18 @@ def test_builds_nested_sections_with_conversions():
 def test_errors_name_the_key_path_and_what_to_change(params, message):
     with pytest.raises(ConfigError, match=message):
         build(Outer, params, "top")
+
+
+@dataclass
+class Required:
+    batch_size: int = option(min=1)
+    seed: int = option()
+    min_std: float | None = None
+
+
+def test_fields_without_default_are_required_and_named_when_missing():
+    assert build(Required, {"batch_size": 2, "seed": 0}, "gaussians") == Required(2, 0)
+    with pytest.raises(ConfigError, match=r"missing key gaussians.seed; add it to conf/base/parameters\*.yml"):
+        build(Required, {"batch_size": 2}, "gaussians")
+    with pytest.raises(ConfigError, match=r"missing keys gaussians.batch_size, gaussians.seed; add them"):
+        build(Required, None, "gaussians")

@@ -1,8 +1,9 @@
 """One config mechanism: typed (nested) dataclasses built from Kedro parameters.
 
 YAML keys equal field names. `build(Config, params, "ld3m")` checks every key against the fields (unknown keys
-name the valid ones), every value against the field's annotation (int, float, str, bool, `X | None`, `list[X]`,
-`tuple[X, ...]`, `dict[str, X]`, nested dataclasses, given as mappings) and against the field's metadata
+name the valid ones; a field without a default is required, a missing one is named), every value against the
+field's annotation (int, float, str, bool, `X | None`, `list[X]`, `tuple[X, ...]`, `dict[str, X]`, nested
+dataclasses, given as mappings) and against the field's metadata
 (`choices`, `min`, `max`, `gt`, `lt`, written with `option(...)`), and reports the first problem as one
 `ConfigError` naming the key path (`ld3m.sampler.variant`), what it got and what to change. Cross-field rules
 live in the dataclass's `check()` method, called once after the fields are built (also on nested sections).
@@ -140,6 +141,12 @@ def build(cls: type[T], params: Mapping[str, Any] | T | None, path: str) -> T:
     if unknown:
         raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} "
                           f"{', '.join(f'{path}.{k}' for k in unknown)}; valid keys: {', '.join(sorted(fields))}")
+    missing = [name for name, f in fields.items() if name not in params
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"missing key{'s' if len(missing) > 1 else ''} "
+                          f"{', '.join(f'{path}.{k}' for k in missing)}; add {'them' if len(missing) > 1 else 'it'} "
+                          "to conf/base/parameters*.yml (or the run's environment)")
     hints = typing.get_type_hints(cls)
     values = {}
     for name, value in params.items():
