@@ -421,7 +421,7 @@ def test_image_folder_max_per_class_is_seeded(tmp_path: Path) -> None:
 
 
 def test_imagenet_subset_reads_the_subset_wnids_in_label_order(tmp_path: Path) -> None:
-    from diffdistill.prior.imagenet_subsets import SUBSETS
+    from diffdistill.data.imagenet_subsets import SUBSETS
 
     woof = SUBSETS["imagewoof"]
     # folders in sorted (ImageFolder) order would give other labels; colours encode the subset label
@@ -440,7 +440,7 @@ def test_imagenet_subset_reads_the_subset_wnids_in_label_order(tmp_path: Path) -
 
 
 def test_imagenet_subset_missing_wnid_folder(tmp_path: Path) -> None:
-    from diffdistill.prior.imagenet_subsets import SUBSETS
+    from diffdistill.data.imagenet_subsets import SUBSETS
 
     wnids = [w for w, _, _ in SUBSETS["imagenette"]]
     _write_tree(tmp_path, wnids[:-1], 1)

@@ -173,7 +173,7 @@ def _check_image_size(size: Any, config: SourceConfig) -> None:
 
 
 def _subset_classes(subset: str | None) -> list[tuple[str, int, str]]:
-    from diffdistill.prior.imagenet_subsets import SUBSETS  # only this source needs it
+    from diffdistill.data.imagenet_subsets import SUBSETS  # only this source needs it
 
     if not isinstance(subset, str) or subset not in SUBSETS:
         raise ValueError(f"SourceConfig.subset={subset!r} is not a known ImageNet subset; use one of {sorted(SUBSETS)}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffdistill.hooks import LINEAGE_DIR
+from diffdistill.lineage.record import LINEAGE_DIR
 
 
 def load_records(project_path: Path) -> list[dict[str, Any]]:

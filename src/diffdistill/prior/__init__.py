@@ -1,8 +1,9 @@
 """Generative priors: one `LatentPrior` adapter over diffusers VAEs + class-conditional denoisers."""
 
+from diffdistill.data.imagenet_subsets import SUBSETS, imagenet_class_ids
 from diffdistill.prior.adapter import LatentPrior, psnr_signed
-from diffdistill.prior.builders import load_components, load_dit_folder, load_vae
-from diffdistill.prior.imagenet_subsets import SUBSETS, imagenet_class_ids
+from diffdistill.prior.builders import load_components, load_dit_folder
+from diffdistill.prior.load import load_vae
 from diffdistill.prior.train import (
     AutoencoderConfig,
     AutoencoderTrainConfig,

@@ -44,11 +44,18 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
+from diffdistill.prior.load import (
+    DENOISER_CLASSES,
+    VAE_CLASSES,
+    load_model,
+    read_dit_parts,
+    read_json_object,
+    require_parts,
+)
+
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 LABEL_TABLE_NAME = "label_table.safetensors"
 ADAPTER_FORMAT = 1
-VAE_CLASSES: dict[str, type] = {"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny, "VQModel": VQModel}
-DENOISER_CLASSES: dict[str, type] = {"UNet2DModel": UNet2DModel, "DiTTransformer2DModel": DiTTransformer2DModel}
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -449,13 +456,11 @@ class LatentPrior(nn.Module):
     def from_pretrained(cls, directory: str | Path, *, torch_dtype: torch.dtype | None = None,
                         device: str | torch.device = "cpu") -> LatentPrior:
         """Load a folder written by `save_pretrained`, or a DiT pipeline folder (transformer/, vae/, scheduler/)."""
-        from diffdistill.prior.builders import load_dit_folder, load_model, read_json_object, require_parts
-
         root = Path(directory)
         if not root.is_dir():
             raise ValueError(f"prior folder {root} does not exist")
-        if not (root / ADAPTER_CONFIG_NAME).is_file() and (root / "transformer").is_dir():
-            return load_dit_folder(root, torch_dtype=torch_dtype, device=device)
+        if not (root / ADAPTER_CONFIG_NAME).is_file() and (root / "transformer").is_dir():  # a DiT pipeline folder
+            return cls(*read_dit_parts(root, torch_dtype), default_guidance=4.0).to(device)
         require_parts(root, ["vae", "denoiser", "scheduler", ADAPTER_CONFIG_NAME, LABEL_TABLE_NAME])
         config = read_json_object(root / ADAPTER_CONFIG_NAME)
         if "class_ids" not in config:

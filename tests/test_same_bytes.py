@@ -1,0 +1,103 @@
+"""Same params => same bytes: every artifact of a `kedro run --env test` equals the committed fixture.
+
+The fixture (`tests/fixtures/env_test_sha256.json`) holds the sha256 of every file of the latest version of every
+versioned artifact under data/ (tensors, their sidecars, models, JSON, images, tables). Fields that differ between
+two clean runs of the same commit — wall-clock timings, and the version strings and run ids that name a run rather
+than its data — are dropped from JSON before hashing (`VOLATILE`, found by diffing two clean runs). Lineage
+records, MLflow files and checkpoints are not artifacts and are not compared.
+
+Regenerate after an intended change of bytes (say which and why in the commit):
+    python -m tests.test_same_bytes --write
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kedro_project import PROJECT_ROOT, kedro, scratch_project
+
+pytestmark = pytest.mark.slow
+
+FIXTURE = PROJECT_ROOT / "tests" / "fixtures" / "env_test_sha256.json"
+VERSION = re.compile(r"^\d{4}-\d\d-\d\dT\d\d\.\d\d\.\d\d\.\d{3}Z$")
+# JSON keys whose values are wall-clock measurements or name the run (checked: two clean runs differ only there).
+VOLATILE = {"encode_invert_seconds", "images_per_second", "train_seconds", "seconds", "time_s", "elapsed_s",
+            "wall_s", "total_seconds", "distill_seconds", "peak_memory_bytes", "created_at", "run_id",
+            "mlflow_run_id", "save_version"}
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items() if k not in VOLATILE and not k.endswith("_seconds")}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    if isinstance(value, str) and VERSION.match(value):
+        return "<version>"
+    return value
+
+
+def file_digest(path: Path) -> str:
+    data = path.read_bytes()
+    if path.suffix == ".json":
+        try:
+            data = json.dumps(_scrub(json.loads(data)), sort_keys=True).encode()
+        except ValueError:
+            pass
+    return hashlib.sha256(data).hexdigest()
+
+
+def artifact_digests(root: Path) -> dict[str, str]:
+    """{artifact path / file inside its latest version: sha256} for every versioned artifact under data/."""
+    digests: dict[str, str] = {}
+    for folder in sorted({p.parent for p in (root / "data").rglob("*") if p.is_dir() and VERSION.match(p.name)}):
+        if "checkpoints" in folder.parts or "lineage" in folder.parts:
+            continue
+        versions = sorted(p for p in folder.iterdir() if p.is_dir() and VERSION.match(p.name)
+                          and (p / folder.name).exists())
+        if not versions:
+            continue
+        latest = versions[-1]
+        for path in sorted(latest.rglob("*")):
+            relative = path.relative_to(latest)
+            if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+                digests[f"{folder.relative_to(root)}/{relative}"] = file_digest(path)
+    return digests
+
+
+def run_env_test(tmp_path: Path) -> dict[str, str]:
+    root = scratch_project(tmp_path)
+    kedro(root, "run", "--env", "test", timeout=1800)
+    return artifact_digests(root)
+
+
+def test_env_test_artifacts_equal_the_fixture(tmp_path: Path) -> None:
+    want = json.loads(FIXTURE.read_text())
+    got = run_env_test(tmp_path)
+    assert sorted(got) == sorted(want), {"missing": sorted(set(want) - set(got)), "new": sorted(set(got) - set(want))}
+    changed = sorted(k for k in want if got[k] != want[k])
+    assert not changed, f"{len(changed)} artifact files changed bytes: {changed}"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write"]:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            digests = run_env_test(Path(tmp))
+        FIXTURE.parent.mkdir(parents=True, exist_ok=True)
+        FIXTURE.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
+        print(f"{len(digests)} artifact files -> {FIXTURE}")
+    elif len(sys.argv) == 3 and sys.argv[1] == "--compare":  # two finished project folders
+        a, b = (artifact_digests(Path(p)) for p in sys.argv[2].split(","))
+        print(json.dumps({"only_a": sorted(set(a) - set(b)), "only_b": sorted(set(b) - set(a)),
+                          "differ": sorted(k for k in a if k in b and a[k] != b[k]), "same": sum(
+                              a[k] == b.get(k) for k in a)}, indent=1))
+    else:
+        raise SystemExit("usage: python -m tests.test_same_bytes --write | --compare ROOT_A,ROOT_B")
