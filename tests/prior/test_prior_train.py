@@ -136,7 +136,7 @@ def test_config_from_nested_dict_and_validation() -> None:
     assert config.seed == 4 and config.denoiser.block_out_channels == (16, 32)
     assert config.denoiser_train.steps == 9 and config.autoencoder_train.steps == AutoencoderTrainConfig().steps
     assert PriorTrainConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="unknown prior.denoiser_train parameters"):
+    with pytest.raises(ValueError, match="unknown key prior.train.denoiser_train.stepz; valid keys: batch_size"):
         PriorTrainConfig.from_dict({"denoiser_train": {"stepz": 1}})
     images, labels = tiny_data()
     with pytest.raises(ValueError, match="mode"):

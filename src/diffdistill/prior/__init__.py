@@ -3,14 +3,16 @@
 from diffdistill.data.imagenet_subsets import SUBSETS, imagenet_class_ids
 from diffdistill.prior.adapter import LatentPrior, psnr_signed
 from diffdistill.prior.builders import load_components, load_dit_folder
-from diffdistill.prior.load import load_vae
-from diffdistill.prior.train import (
+from diffdistill.prior.config import (
     AutoencoderConfig,
     AutoencoderTrainConfig,
     DenoiserConfig,
     DenoiserTrainConfig,
     NoiseScheduleConfig,
     PriorTrainConfig,
+)
+from diffdistill.prior.load import load_vae
+from diffdistill.prior.train import (
     class_fidelity,
     encode_dataset,
     reconstruction_psnr,

@@ -15,11 +15,10 @@ bytes of an uninterrupted run. Progress goes to `on_step(step, metrics)`.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,161 +30,15 @@ from torch import nn
 from diffdistill.data.bundle import from_signed
 from diffdistill.diffusion.ddim import ddim_sample
 from diffdistill.prior.adapter import LatentPrior, psnr_signed
-from diffdistill.workdir import WorkDir
+from diffdistill.prior.config import (
+    AutoencoderConfig,
+    DenoiserConfig,
+    DenoiserTrainConfig,
+    PriorTrainConfig,
+)
+from diffdistill.workdir import WorkDir, fingerprint
 
 OnStep = Callable[[int, dict[str, float]], None]
-MODES = ("train", "fine_tune")
-
-
-@dataclass
-class AutoencoderConfig:
-    """AutoencoderKL shape: len(block_out_channels) - 1 halvings (16 px -> 4×4 with three blocks)."""
-
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
-    layers_per_block: int = 1
-    norm_num_groups: int = 16
-    latent_channels: int = 4
-    mid_block_attention: bool = False
-
-
-@dataclass
-class DenoiserConfig:
-    """Class-conditional UNet2DModel over the latent grid (condition width = 4 × first block)."""
-
-    block_out_channels: tuple[int, ...] = (32, 64)
-    layers_per_block: int = 1
-    down_block_types: tuple[str, ...] = ("DownBlock2D", "AttnDownBlock2D")
-    up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "UpBlock2D")
-    attention_head_dim: int = 32
-    norm_num_groups: int = 32
-
-
-@dataclass
-class NoiseScheduleConfig:
-    num_train_timesteps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    timestep_spacing: str = "leading"
-
-
-@dataclass
-class AutoencoderTrainConfig:
-    steps: int = 300
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    l1_weight: float = 0.5
-    kl_weight: float = 1e-4  # times the KL per latent dimension
-    max_seconds: float | None = None  # optional wall-clock cap (breaks byte-reproducibility when hit)
-
-
-@dataclass
-class DenoiserTrainConfig:
-    steps: int = 750
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    warmup_steps: int = 0
-    lr_schedule: str = "constant"  # "constant" or "cosine" (decays to 0 at `steps`)
-    label_dropout: float = 0.1
-    ema_decay: float = 0.995
-    max_seconds: float | None = None
-
-
-@dataclass
-class PriorTrainConfig:
-    """Every knob of the prior phase. `mode="fine_tune"` continues training a loaded prior's denoiser."""
-
-    mode: str = "train"
-    seed: int = 0
-    device: str = "cpu"
-    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
-    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
-    schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
-    autoencoder_train: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
-    denoiser_train: DenoiserTrainConfig = field(default_factory=DenoiserTrainConfig)
-    center_latents: bool = True  # shift latents by their mean before scaling by 1/std
-    default_guidance: float = 3.0  # CFG scale recorded with the prior (class fidelity >= 80 % on digits)
-    checkpoint_every: int = 100
-    log_every: int = 10
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> PriorTrainConfig:
-        """Build from nested plain dicts (Kedro parameters); unknown keys raise a ValueError."""
-        return _dataclass_from_dict(cls, values, "prior")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _dataclass_from_dict(cls: type, values: dict[str, Any], path: str) -> Any:
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} must be a mapping, got {type(values).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f"unknown {path} parameters {unknown}; known: {sorted(known)}")
-    kwargs: dict[str, Any] = {}
-    defaults = cls()
-    for name, value in values.items():
-        current = getattr(defaults, name)
-        if is_dataclass(current):
-            kwargs[name] = _dataclass_from_dict(type(current), value, f"{path}.{name}")
-        elif isinstance(current, tuple):
-            if not isinstance(value, (list, tuple)) or not all(isinstance(v, type(current[0])) and
-                                                               not isinstance(v, bool) for v in value):
-                raise ValueError(f"{path}.{name}={value!r} must be a list of {type(current[0]).__name__}, "
-                                 f"like {list(current)}")
-            kwargs[name] = tuple(value)
-        else:
-            _check_leaf_type(f"{path}.{name}", value, current)
-            kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _check_leaf_type(name: str, value: Any, default: Any) -> None:
-    """A parameter must have its default's type (ints may stand for floats; None only where it is the default)."""
-    if default is None:
-        kinds: tuple[type, ...] = (int, float, type(None))  # the optional caps (max_seconds)
-    elif isinstance(default, bool):
-        kinds = (bool,)
-    elif isinstance(default, float):
-        kinds = (int, float)
-    else:
-        kinds = (type(default),)
-    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-        raise ValueError(f"{name}={value!r} must be of type {' or '.join(k.__name__ for k in kinds)} "
-                         f"(default {default!r}); change it in the prior parameters")
-
-
-def validate_config(config: PriorTrainConfig) -> None:
-    if config.mode not in MODES:
-        raise ValueError(f"mode={config.mode!r} must be one of {MODES}")
-    for name in ("autoencoder_train", "denoiser_train"):
-        phase = getattr(config, name)
-        if phase.steps < 0 or phase.batch_size < 1 or phase.lr <= 0:
-            raise ValueError(f"{name}: steps must be >= 0, batch_size >= 1 and lr > 0 (got {phase})")
-    if not 0.0 <= config.denoiser_train.label_dropout < 1.0:
-        raise ValueError("denoiser_train.label_dropout must be in [0, 1) (0.1 keeps guidance usable)")
-    if not 0.0 <= config.denoiser_train.ema_decay < 1.0:
-        raise ValueError("denoiser_train.ema_decay must be in [0, 1)")
-    if config.denoiser_train.lr_schedule not in ("constant", "cosine"):
-        raise ValueError("denoiser_train.lr_schedule must be 'constant' or 'cosine'")
-    if config.checkpoint_every < 1 or config.log_every < 1:
-        raise ValueError("checkpoint_every and log_every must be >= 1")
-    for name in ("autoencoder", "denoiser"):
-        part = getattr(config, name)
-        sizes = {"block_out_channels": min(part.block_out_channels, default=0),
-                 "layers_per_block": part.layers_per_block, "norm_num_groups": part.norm_num_groups,
-                 "latent_channels": getattr(part, "latent_channels", 1)}
-        bad = sorted(key for key, value in sizes.items() if value < 1)
-        if bad:
-            raise ValueError(f"{name}.{', '.join(bad)} must be positive (non-empty for block_out_channels)")
-
-
 # --------------------------------------------------------------------------- init
 @torch.no_grad()
 def init_weights_(module: nn.Module, generator: torch.Generator) -> None:
@@ -254,10 +107,6 @@ def build_denoiser(config: DenoiserConfig, latent_channels: int, latent_size: in
 
 
 # --------------------------------------------------------------------------- resumable loop
-def _fingerprint(*parts: Any) -> str:
-    return json.dumps(parts, sort_keys=True, default=str)
-
-
 def _data_signature(tensor: torch.Tensor, chunk: int = 1024) -> list[Any]:
     """Shape, sum and sum of squares (float64, in chunks so big datasets are not copied whole)."""
     total = squares = 0.0
@@ -379,7 +228,7 @@ def train_autoencoder(images: torch.Tensor, config: PriorTrainConfig, *, checkpo
         return {"loss": loss.item(), "mse": mse.item(), "kl_per_dim": kl.item()}
 
     phase = Phase("autoencoder", vae, optimizer, generator, train.steps, step_fn,
-                  _fingerprint(asdict(config.autoencoder), asdict(train), config.seed, _data_signature(images)),
+                  fingerprint([asdict(config.autoencoder), asdict(train), config.seed, _data_signature(images)]),
                   max_seconds=train.max_seconds)
     run_phase(phase, checkpoint_dir=checkpoint_dir, checkpoint_every=config.checkpoint_every,
               log_every=config.log_every, on_step=on_step)
@@ -446,8 +295,8 @@ def train_denoiser(prior: LatentPrior, images: torch.Tensor, labels: torch.Tenso
         return {"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}
 
     phase = Phase("denoiser", module, optimizer, generator, train.steps, step_fn,
-                  _fingerprint(config.mode, asdict(config.denoiser), asdict(train), config.seed,
-                               _data_signature(latents), _data_signature(labels)),
+                  fingerprint([config.mode, asdict(config.denoiser), asdict(train), config.seed,
+                               _data_signature(latents), _data_signature(labels)]),
                   ema_decay=train.ema_decay, max_seconds=train.max_seconds)
     run_phase(phase, checkpoint_dir=checkpoint_dir, checkpoint_every=config.checkpoint_every,
               log_every=config.log_every, on_step=on_step)
@@ -476,7 +325,7 @@ def train_prior(images: torch.Tensor, labels: torch.Tensor, config: PriorTrainCo
                 on_step: OnStep | None = None) -> LatentPrior:
     """The prior phase: `mode="train"` trains VAE + denoiser from scratch; `"fine_tune"` continues `prior`."""
     config = config or PriorTrainConfig()
-    validate_config(config)
+    PriorTrainConfig.from_dict(config.to_dict())  # a config built in code obeys the same checks
     _check_training_data(images, labels)
     if config.mode == "fine_tune":
         if prior is None:
