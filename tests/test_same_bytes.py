@@ -2,12 +2,13 @@
 
 The fixture (`tests/fixtures/env_test_sha256.json`) holds the sha256 of every file of the latest version of every
 versioned artifact under data/ (tensors, their sidecars, models, JSON, images, tables). Fields that differ between
-two clean runs of the same commit — wall-clock timings, and the version strings and run ids that name a run rather
-than its data — are dropped from JSON before hashing (`VOLATILE`, found by diffing two clean runs). Lineage
+two clean runs of the same commit — wall-clock timings — are dropped from JSON before hashing (`VOLATILE`, found by
+diffing two clean runs). Lineage
 records, MLflow files and checkpoints are not artifacts and are not compared.
 
 Regenerate after an intended change of bytes (say which and why in the commit):
-    python -m tests.test_same_bytes --write
+    python -m tests.test_same_bytes --write            # run --env test with this checkout
+    python -m tests.test_same_bytes --from <project>   # or take a finished run of older code
 """
 
 from __future__ import annotations
@@ -27,19 +28,16 @@ pytestmark = pytest.mark.slow
 
 FIXTURE = PROJECT_ROOT / "tests" / "fixtures" / "env_test_sha256.json"
 VERSION = re.compile(r"^\d{4}-\d\d-\d\dT\d\d\.\d\d\.\d\d\.\d{3}Z$")
-# JSON keys whose values are wall-clock measurements or name the run (checked: two clean runs differ only there).
-VOLATILE = {"encode_invert_seconds", "images_per_second", "train_seconds", "seconds", "time_s", "elapsed_s",
-            "wall_s", "total_seconds", "distill_seconds", "peak_memory_bytes", "created_at", "run_id",
-            "mlflow_run_id", "save_version"}
+# JSON keys whose values are wall-clock measurements: the only fields in which two clean runs of one commit differ
+# (checked by diffing every artifact file of two runs).
+VOLATILE = {"encode_invert_seconds", "images_per_second"}
 
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _scrub(v) for k, v in value.items() if k not in VOLATILE and not k.endswith("_seconds")}
+        return {k: _scrub(v) for k, v in value.items() if k not in VOLATILE}
     if isinstance(value, list):
         return [_scrub(v) for v in value]
-    if isinstance(value, str) and VERSION.match(value):
-        return "<version>"
     return value
 
 
@@ -94,10 +92,15 @@ if __name__ == "__main__":
         FIXTURE.parent.mkdir(parents=True, exist_ok=True)
         FIXTURE.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
         print(f"{len(digests)} artifact files -> {FIXTURE}")
+    elif len(sys.argv) == 3 and sys.argv[1] == "--from":  # a finished project folder (run by older code)
+        digests = artifact_digests(Path(sys.argv[2]))
+        FIXTURE.parent.mkdir(parents=True, exist_ok=True)
+        FIXTURE.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
+        print(f"{len(digests)} artifact files -> {FIXTURE}")
     elif len(sys.argv) == 3 and sys.argv[1] == "--compare":  # two finished project folders
         a, b = (artifact_digests(Path(p)) for p in sys.argv[2].split(","))
         print(json.dumps({"only_a": sorted(set(a) - set(b)), "only_b": sorted(set(b) - set(a)),
                           "differ": sorted(k for k in a if k in b and a[k] != b[k]), "same": sum(
                               a[k] == b.get(k) for k in a)}, indent=1))
     else:
-        raise SystemExit("usage: python -m tests.test_same_bytes --write | --compare ROOT_A,ROOT_B")
+        raise SystemExit("usage: python -m tests.test_same_bytes --write | --from ROOT | --compare ROOT_A,ROOT_B")
