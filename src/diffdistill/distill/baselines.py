@@ -8,6 +8,7 @@ class), plus `mean` / `std` of the whole real split so evaluation normalises lik
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -16,6 +17,13 @@ from diffdistill.data.bundle import TensorBundle, to_unit
 from diffdistill.evaluation.train import channel_stats
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class BaselinesConfig:
+    """`baselines`: the seed of the random subsets (IPC N draws with seed + 1000 N)."""
+
+    seed: int = 0
 
 
 def _class_indices(real: TensorBundle, ipc: int) -> list[torch.Tensor]:

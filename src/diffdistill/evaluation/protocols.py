@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diffdistill.augment import DSA
+from diffdistill.config import ConfigError, build, option
 from diffdistill.nets import arch_family
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -37,81 +38,52 @@ LOSSES = ("ce", "soft_label")
 
 @dataclass(frozen=True)
 class ProtocolConfig:
+    """One training protocol; built and checked through `diffdistill.config` (`get_protocol`)."""
+
     name: str
-    epochs: int
-    batch_size: int
-    optimizer: str = "sgd"
-    lr: float = 0.01
+    epochs: int = option(min=1)
+    batch_size: int = option(min=1)
+    optimizer: str = option("sgd", choices=OPTIMIZERS)
+    lr: float = option(0.01, gt=0)
     arch_lr: dict[str, float] = field(default_factory=dict)  # arch family -> lr, overrides `lr`
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    momentum: float = option(0.9, min=0, lt=1)
+    weight_decay: float = option(5e-4, min=0)
     decay_norm_and_bias: bool = True  # False: no weight decay on 1-D params (biases, norm affines)
-    schedule: str = "step"
-    step_gamma: float = 0.1  # `step`: lr × gamma from half of training on
+    schedule: str = option("step", choices=SCHEDULES)
+    step_gamma: float = option(0.1, gt=0)  # `step`: lr × gamma from half of training on
     warmup_start_factor: float = 1e-7  # `warmup_cosine`: lr starts at factor · lr
-    augment: str = "dsa"
+    augment: str = option("dsa", choices=AUGMENTS)
     dsa_strategy: str | None = None  # None: dsa_strategy_for(train.meta dataset / source name)
-    ema_decay: float | None = None  # test with the EMA weights when set
-    loss: str = "ce"
-    temperature: float = 20.0  # soft-label KL temperature
+    ema_decay: float | None = option(None, gt=0, lt=1)  # test with the EMA weights when set
+    loss: str = option("ce", choices=LOSSES)
+    temperature: float = option(20.0, gt=0)  # soft-label KL temperature
     cutmix: bool = False
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    eval_batch_size: int = 512
+    eval_batch_size: int = option(512, min=1)
     # "bf16": forward and loss under bfloat16 autocast (weights, optimiser state and the test pass stay float32).
     # ~1.8x faster on CPUs with AVX512-BF16/AMX and on recent GPUs; "fp32" is the papers' setting.
-    precision: str = "fp32"
+    precision: str = option("fp32", choices=PRECISIONS)
 
-    def __post_init__(self) -> None:
-        for name, value, allowed in (
-            ("optimizer", self.optimizer, OPTIMIZERS),
-            ("schedule", self.schedule, SCHEDULES),
-            ("augment", self.augment, AUGMENTS),
-            ("loss", self.loss, LOSSES),
-            ("precision", self.precision, PRECISIONS),
-        ):
-            if value not in allowed:
-                raise ValueError(f"ProtocolConfig.{name} must be one of {allowed}, got {value!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ProtocolConfig.{name} must be an int >= 1, got {value!r}")
-        for name in ("lr", "momentum", "weight_decay", "step_gamma", "warmup_start_factor", "temperature",
-                     "ema_decay"):
-            value = getattr(self, name)
-            if not (name == "ema_decay" and value is None) and not _is_finite_number(value):
-                raise ValueError(f"ProtocolConfig.{name} must be a finite number, got {value!r}")
-        if not 0.0 <= self.momentum < 1.0 or self.weight_decay < 0 or self.step_gamma <= 0:
-            raise ValueError(f"ProtocolConfig needs momentum in [0, 1), weight_decay >= 0 and step_gamma > 0; got "
-                             f"momentum={self.momentum}, weight_decay={self.weight_decay}, "
-                             f"step_gamma={self.step_gamma}")
-        if not isinstance(self.arch_lr, dict) or not all(_is_finite_number(v) for v in self.arch_lr.values()):
-            raise ValueError(f"ProtocolConfig.arch_lr must map arch names to numbers, got {self.arch_lr!r}")
+    def check(self, path: str) -> None:
+        bad = {k: v for k, v in self.arch_lr.items() if v <= 0}
+        if bad:
+            raise ConfigError(f"{path}.arch_lr has learning rates <= 0: {bad}")
         if self.dsa_strategy is not None:
             try:
                 DSA(self.dsa_strategy)  # an unknown family fails here, before any training
             except ValueError as exc:
-                raise ValueError(f"ProtocolConfig.dsa_strategy: {exc}") from exc
-        if self.lr <= 0 or any(v <= 0 for v in self.arch_lr.values()):
-            raise ValueError(f"learning rates must be > 0, got lr={self.lr}, arch_lr={self.arch_lr}")
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"ProtocolConfig.ema_decay must be in (0, 1) or None, got {self.ema_decay}")
-        if self.temperature <= 0:
-            raise ValueError(f"ProtocolConfig.temperature must be > 0, got {self.temperature}")
+                raise ConfigError(f"{path}.dsa_strategy: {exc}") from exc
         if (self.mean is None) != (self.std is None):
-            raise ValueError("ProtocolConfig.mean and .std must be given together")
+            raise ConfigError(f"{path}.mean and {path}.std must be given together")
         if self.std is not None and (len(self.std) != len(self.mean or ()) or min(self.std) <= 0):
-            raise ValueError(f"ProtocolConfig.std must be positive and as long as mean, got {self.std}")
+            raise ConfigError(f"{path}.std must be positive and as long as {path}.mean, got {list(self.std)}")
 
     def lr_for(self, arch: str) -> float:
         return float(self.arch_lr.get(arch_family(arch), self.lr))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 PROTOCOLS: dict[str, ProtocolConfig] = {
@@ -146,25 +118,18 @@ PROTOCOLS: dict[str, ProtocolConfig] = {
 PROTOCOL_NAMES: tuple[str, ...] = tuple(PROTOCOLS)
 
 
-def get_protocol(protocol: str | ProtocolConfig, **overrides: Any) -> ProtocolConfig:
-    """A named protocol (or a given config) with field overrides, e.g. `get_protocol("dc", epochs=300)`."""
+def get_protocol(protocol: str | ProtocolConfig, *, path: str = "protocol", **overrides: Any) -> ProtocolConfig:
+    """A named protocol (or a given config) with field overrides, e.g. `get_protocol("dc", epochs=300)`, every
+    field checked (`diffdistill.config`); errors name `<path>.<field>`."""
     if isinstance(protocol, ProtocolConfig):
         base = protocol
     elif isinstance(protocol, str) and protocol in PROTOCOLS:
         base = PROTOCOLS[protocol]
     else:
-        raise ValueError(f"unknown protocol {protocol!r}; valid protocols: {', '.join(PROTOCOL_NAMES)}")
-    fields = {f.name for f in dataclasses.fields(ProtocolConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown ProtocolConfig fields {unknown}; valid fields: {sorted(fields)}")
-    for key in ("mean", "std"):
-        if overrides.get(key) is not None:
-            values = overrides[key]
-            if not isinstance(values, (list, tuple)) or not all(_is_finite_number(v) for v in values):
-                raise ValueError(f"ProtocolConfig.{key} must be a list of per-channel numbers, got {values!r}")
-            overrides[key] = tuple(float(v) for v in values)
-    return dataclasses.replace(base, **overrides)
+        raise ConfigError(f"unknown protocol {protocol!r}; valid protocols: {', '.join(PROTOCOL_NAMES)}")
+    if not overrides and isinstance(protocol, ProtocolConfig):
+        return protocol
+    return build(ProtocolConfig, {**base.to_dict(), **overrides}, path)
 
 
 def lr_at(protocol: ProtocolConfig, step: int, total_steps: int, base_lr: float | None = None) -> float:

@@ -9,6 +9,7 @@ from typing import Any
 from diffdistill.config import ConfigError, build, option
 
 MODES = ("train", "fine_tune")
+SOURCES = ("train", "fine_tune", "dit_folder", "components")
 
 
 @dataclass
@@ -104,3 +105,50 @@ class PriorTrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class ComponentsConfig:
+    """`prior.components`: local folders of a VAE and a denoiser (and optionally a scheduler)."""
+
+    vae: str | None = None
+    denoiser: str | None = None
+    scheduler: str | None = None
+
+
+@dataclass
+class QualityConfig:
+    """`prior.quality`: reconstruction PSNR on test images and class fidelity of generated samples."""
+
+    max_test_images: int = option(1000, min=1)
+    samples_per_class: int = option(50, min=1)
+    num_steps: int = option(50, min=1)
+    guidance: float | None = None  # None: the prior's recorded default guidance
+    seed: int = 123
+
+
+@dataclass
+class PriorConfig:
+    """`prior`: where the prior comes from (`source`), how it is trained (`train`) and judged (`quality`)."""
+
+    source: str = option("train", choices=SOURCES)
+    dit_folder: str | None = None
+    components: ComponentsConfig = field(default_factory=ComponentsConfig)
+    imagenet_subset: str | None = None  # maps a 10-class ImageNet subset's labels to the prior's class ids
+    class_ids: list[int] | None = None  # or an explicit label -> prior class id list
+    train: dict[str, Any] = field(default_factory=dict)  # PriorTrainConfig fields (built with the mode)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+
+    def check(self, path: str) -> None:
+        if self.source == "dit_folder" and not self.dit_folder:
+            raise ConfigError(f"{path}.source is dit_folder but {path}.dit_folder is not set; give the folder")
+        if self.source == "components" and not (self.components.vae and self.components.denoiser):
+            raise ConfigError(f"{path}.source is components: set {path}.components.vae and "
+                              f"{path}.components.denoiser to local folders")
+        if self.source == "fine_tune" and not (self.dit_folder or (self.components.vae and self.components.denoiser)):
+            raise ConfigError(f"{path}.source is fine_tune: set {path}.dit_folder (or {path}.components) to the "
+                              "prior to continue")
+
+    def train_config(self, device: str) -> PriorTrainConfig:
+        mode = "train" if self.source == "train" else "fine_tune"
+        return PriorTrainConfig.from_dict({**self.train, "mode": mode, "device": device})

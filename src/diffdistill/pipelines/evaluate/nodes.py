@@ -6,12 +6,13 @@ import logging
 import statistics
 from typing import Any
 
+from diffdistill.config import build
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.evaluation import channel_stats, get_protocol, train_and_evaluate
+from diffdistill.evaluation.config import EvaluateConfig
 from diffdistill.pipelines.common import (
     as_mlflow_metrics,
     check_classifier_fits,
-    check_params,
     classifier_from_bundle,
 )
 from diffdistill.workdir import WorkDir, split_fingerprint
@@ -33,13 +34,11 @@ def summarise_rows(rows: list[dict[str, Any]], archs: list[str], unseen: list[st
     return summary
 
 
-def _protocol(params: dict[str, Any], train_set: TensorBundle, overrides: dict[str, Any]):
+def _protocol(config: EvaluateConfig, train_set: TensorBundle, overrides: dict[str, Any], path: str):
     # Normalise every set with the real train split's statistics, so distilled and real images share one scale.
-    check_params(params, "evaluate", {"protocol": str, "archs": [str], "unseen_archs": [str]},
-                 {"protocol_overrides": dict})
     mean, std = channel_stats(train_set["images"])
-    return get_protocol(params["protocol"], **{**params.get("protocol_overrides", {}), **overrides,
-                                               "mean": mean.tolist(), "std": std.tolist()})
+    return get_protocol(config.protocol, path=path, **{**config.protocol_overrides, **overrides,
+                                                       "mean": mean.tolist(), "std": std.tolist()})
 
 
 def evaluate_set(distilled_set: TensorBundle | None, train_set: TensorBundle, test_set: TensorBundle,
@@ -50,14 +49,14 @@ def evaluate_set(distilled_set: TensorBundle | None, train_set: TensorBundle, te
         logger.warning("Distilled set %r has no saved version yet: run the pipeline that produces it. Skipped.",
                        set_name)
         return {"set": set_name, "status": "missing", "rows": [], "summary": {}}, {}
-    check_params(params, "evaluate", {"seeds": [int]})
-    protocol = _protocol(params, train_set, {})
+    config = build(EvaluateConfig, params, "evaluate")
+    protocol = _protocol(config, train_set, {}, "evaluate.protocol_overrides")
     if protocol.loss == "soft_label":
         check_classifier_fits(teacher_model, train_set, "teacher_model", "train_set")
     teacher = classifier_from_bundle(teacher_model, device) if protocol.loss == "soft_label" else None
-    rows = _train_rows(set_name, distilled_set, test_set, params["archs"], params["seeds"], protocol, device,
+    rows = _train_rows(set_name, distilled_set, test_set, config.archs, config.seeds, protocol, device,
                        teacher=teacher, allow_unbalanced=False)
-    summary = summarise_rows(rows, params["archs"], params["unseen_archs"])
+    summary = summarise_rows(rows, config.archs, config.unseen_archs)
     results = {"set": set_name, "status": "done", "meta": _set_meta(distilled_set), "protocol": protocol.to_dict(),
                "rows": rows, "summary": summary}
     return results, _summary_metrics(summary)
@@ -66,13 +65,12 @@ def evaluate_set(distilled_set: TensorBundle | None, train_set: TensorBundle, te
 def evaluate_full_data(train_set: TensorBundle, test_set: TensorBundle, params: dict[str, Any],
                        device: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The upper bound: the same architectures trained on the whole real train split."""
-    check_params(params, "evaluate", {"full_data": dict})
-    full = params["full_data"]
-    check_params(full, "evaluate.full_data", {"seeds": [int]}, {"protocol_overrides": dict})
-    protocol = _protocol(params, train_set, full.get("protocol_overrides", {}))
-    rows = _train_rows("full", train_set, test_set, params["archs"], full["seeds"], protocol, device,
+    config = build(EvaluateConfig, params, "evaluate")
+    protocol = _protocol(config, train_set, config.full_data.protocol_overrides,
+                         "evaluate.full_data.protocol_overrides")
+    rows = _train_rows("full", train_set, test_set, config.archs, config.full_data.seeds, protocol, device,
                        teacher=None, allow_unbalanced=True)
-    summary = summarise_rows(rows, params["archs"], params["unseen_archs"])
+    summary = summarise_rows(rows, config.archs, config.unseen_archs)
     meta = {"method": "full", "ipc": None, "num_images": len(train_set), "class_names": train_set.class_names}
     return ({"set": "full", "status": "done", "meta": meta, "protocol": protocol.to_dict(), "rows": rows,
              "summary": summary}, _summary_metrics(summary))

@@ -103,16 +103,17 @@ def bar_plot(table: pd.DataFrame, archs: list[str]) -> Image.Image:
 
 def build_report(params: dict[str, Any], *results: dict[str, Any]) -> tuple[str, str, str, Image.Image, dict]:
     """Markdown + HTML + CSV table and a bar plot over every set that has been evaluated."""
-    from diffdistill.pipelines.common import check_params
+    from diffdistill.config import build
+    from diffdistill.evaluation.config import EvaluateConfig
 
-    check_params(params, "evaluate", {"archs": [str], "unseen_archs": [str]})
-    archs = list(params["archs"])
+    config = build(EvaluateConfig, params, "evaluate")
+    archs = list(config.archs)
     table = comparison_table(list(results), archs)
     shown = visible(table)
     missing = sorted(r["set"] for r in results if r.get("status") != "done")
     note = f"\n\nNot evaluated yet (run their pipelines): {', '.join(missing)}\n" if missing else "\n"
     header = ("Test accuracy (%) of architectures trained from scratch on each set; final epoch, mean ± std over "
-              "seeds. `unseen mean` averages " + ", ".join(ARCH_LABELS.get(a, a) for a in params["unseen_archs"])
+              "seeds. `unseen mean` averages " + ", ".join(ARCH_LABELS.get(a, a) for a in config.unseen_archs)
               + ".\n\n")
     markdown = header + (shown.to_markdown(index=False) if not shown.empty else "(no evaluated sets)") + note
     html = ("<html><head><meta charset='utf-8'><title>diffdistill report</title></head><body>"

@@ -1,0 +1,49 @@
+"""The teacher and evaluate phases' parameters as typed dataclasses (`diffdistill.config`); YAML keys = field names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from diffdistill.config import ConfigError, option
+from diffdistill.evaluation.protocols import PROTOCOL_NAMES
+
+
+@dataclass
+class TeacherConfig:
+    """`teacher`: one classifier on the real train split (soft labels, herding features, fidelity judge)."""
+
+    arch: str = "convnet"
+    protocol: str = option("dc", choices=PROTOCOL_NAMES)
+    protocol_overrides: dict[str, Any] = field(default_factory=dict)  # ProtocolConfig fields
+    seed: int = 0
+
+
+@dataclass
+class FullDataConfig:
+    """`evaluate.full_data`: the upper bound, the same architectures trained on the whole real train split."""
+
+    seeds: list[int] = field(default_factory=lambda: [0])
+    protocol_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvaluateConfig:
+    """`evaluate`: every set × architecture × seed trained from scratch, final-epoch test accuracy."""
+
+    methods: list[str] = field(default_factory=list)  # read when the graph is built (namespaces)
+    archs: list[str] = field(default_factory=lambda: ["convnet"])
+    unseen_archs: list[str] = field(default_factory=list)  # the headline "mean over unseen architectures"
+    protocol: str = option("dc", choices=PROTOCOL_NAMES)
+    protocol_overrides: dict[str, Any] = field(default_factory=dict)  # ProtocolConfig fields
+    seeds: list[int] = field(default_factory=lambda: [0])
+    full_data: FullDataConfig = field(default_factory=FullDataConfig)
+
+    def check(self, path: str) -> None:
+        if not self.archs:
+            raise ConfigError(f"{path}.archs is empty; list at least one architecture, e.g. [convnet]")
+        if not self.seeds or not self.full_data.seeds:
+            raise ConfigError(f"{path}.seeds and {path}.full_data.seeds need at least one seed")
+        stray = [a for a in self.unseen_archs if a not in self.archs]
+        if stray:
+            raise ConfigError(f"{path}.unseen_archs has {stray}, which are not in {path}.archs {self.archs}")
