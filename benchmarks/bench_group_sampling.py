@@ -30,7 +30,14 @@ import time
 
 import torch
 
-from diffdistill.distill.d3hr import GroupSamplingConfig, sample_group
+from diffdistill.distill.d3hr import PAPER_WEIGHTS, GroupSamplingConfig, sample_group
+
+CHUNK_SIZE = 32  # candidates scored at a time (d3hr.group_sampling.chunk_size)
+
+
+def sampling(m: int, chunk_size: int = CHUNK_SIZE) -> GroupSamplingConfig:
+    """The paper's weights, base seed 0."""
+    return GroupSamplingConfig(m=m, weights=PAPER_WEIGHTS, chunk_size=chunk_size, seed=0)
 
 
 def gaussian(dim: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,13 +108,13 @@ def child(args: argparse.Namespace) -> None:
     """One time + peak-memory measurement in this fresh process; prints JSON."""
     torch.set_num_threads(args.threads)
     mu, sigma = gaussian(args.dim)
-    sample_group(mu, sigma, GroupSamplingConfig(ipc=args.ipc, num_candidates=2))  # load kernels first
+    sample_group(mu, sigma, sampling(2), ipc=args.ipc)  # load kernels first
     reference_select(mu, sigma, 2, args.ipc, 2)
     before = reset_peak_rss()
     if args.child == "paper":
         m = args.mem_m
-        cfg = GroupSamplingConfig(ipc=args.ipc, num_candidates=m, chunk_size=args.chunk_size)
-        _, wall, cpu = timed(lambda: sample_group(mu, sigma, cfg))
+        cfg = sampling(m, args.chunk_size)
+        _, wall, cpu = timed(lambda: sample_group(mu, sigma, cfg, ipc=args.ipc))
     else:
         m = args.ref_m
         _, wall, cpu = timed(lambda: reference_select(mu, sigma, m, args.ipc, args.ref_batch))
@@ -133,7 +140,7 @@ def main() -> None:
     p.add_argument("--ref-m", type=int, default=20_000,
                    help="candidates for the reference's run [3] (default two batches; 100000 for the same m)")
     p.add_argument("--ref-batch", type=int, default=10_000, help="the reference's candidates per batch")
-    p.add_argument("--chunk-size", type=int, default=GroupSamplingConfig().chunk_size)
+    p.add_argument("--chunk-size", type=int, default=CHUNK_SIZE)
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1: on a shared, oversubscribed machine multi-threaded "
                         "small ops stall and the figures mean nothing)")
@@ -155,8 +162,8 @@ def main() -> None:
     normals = m * ipc * d
     print(f"[1] RNG limit: {rng_wall:.2f} s wall ({rng_cpu:.2f} s cpu) for {normals:.3g} normals "
           f"= {normals / rng_wall / 1e6:.0f} M/s")
-    cfg = GroupSamplingConfig(ipc=ipc, num_candidates=m, chunk_size=args.chunk_size)
-    paper, paper_wall, paper_cpu = best_of(lambda: sample_group(mu, sigma, cfg))
+    cfg = sampling(m, args.chunk_size)
+    paper, paper_wall, paper_cpu = best_of(lambda: sample_group(mu, sigma, cfg, ipc=ipc))
     print(f"[2] paper sampler: {paper_wall:.2f} s wall ({paper_cpu:.2f} s cpu), {m / paper_wall:.0f} candidates/s, "
           f"{paper_wall / rng_wall:.2f}x the RNG limit wall ({paper_cpu / rng_cpu:.2f}x cpu); "
           f"score {paper.score:.4f} (mean {paper.terms['mean']:.3f}, std {paper.terms['std']:.3f}, "
@@ -180,13 +187,13 @@ def main() -> None:
 
     # factorised: calibrate its cost per candidate, then give it the paper sampler's time budget
     calib = max(500, m // 10)
-    fcfg = GroupSamplingConfig(ipc=ipc, num_candidates=calib, chunk_size=args.chunk_size, factorised=True)
-    _, fact_wall, _ = best_of(lambda: sample_group(mu, sigma, fcfg))
+    fcfg = sampling(calib, args.chunk_size)
+    _, fact_wall, _ = best_of(lambda: sample_group(mu, sigma, fcfg, ipc=ipc, factorised=True))
     m_fact = calib
     for _ in range(3):  # rescale until the run takes the paper sampler's time (within 10 %)
         m_fact = max(1, int(m_fact * paper_wall / fact_wall))
-        fcfg = GroupSamplingConfig(ipc=ipc, num_candidates=m_fact, chunk_size=args.chunk_size, factorised=True)
-        fact, fact_wall, fact_cpu = timed(lambda: sample_group(mu, sigma, fcfg))  # noqa: B023
+        fcfg = sampling(m_fact, args.chunk_size)
+        fact, fact_wall, fact_cpu = timed(lambda: sample_group(mu, sigma, fcfg, ipc=ipc, factorised=True))  # noqa: B023
         if abs(fact_wall / paper_wall - 1) < 0.1:
             break
     print(f"[5] factorised: m={m_fact} per part in {fact_wall:.2f} s wall ({fact_cpu:.2f} s cpu) vs the paper "

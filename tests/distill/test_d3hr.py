@@ -9,21 +9,30 @@ import numpy as np
 import pytest
 import torch
 
+from diffdistill.config import ConfigError, build
 from diffdistill.distill.d3hr import (
+    PAPER_WEIGHTS,
     ClassGaussians,
+    GaussiansConfig,
     GroupSamplingConfig,
+    LatentsConfig,
+    NoiseSpaceFit,
     candidate_seed,
     class_seed,
     draw_candidate,
     fit_class_gaussians,
     fit_class_moments,
+    fit_noise_space,
+    kept_noise,
     moment_report,
     regenerate_group,
     sample_class_groups,
     sample_group,
     score_groups,
+    select_class_groups,
     stack_selections,
 )
+from diffdistill.workdir import WorkDir
 
 
 def _batches(x: torch.Tensor, labels: torch.Tensor, sizes: list[int]):
@@ -32,6 +41,10 @@ def _batches(x: torch.Tensor, labels: torch.Tensor, sizes: list[int]):
         yield x[start:start + size], labels[start:start + size]
         start += size
     assert start == x.shape[0]
+
+
+def _cfg(m: int, *, chunk_size: int = 32, seed: int = 0) -> GroupSamplingConfig:
+    return GroupSamplingConfig(m=m, weights=PAPER_WEIGHTS, chunk_size=chunk_size, seed=seed)
 
 
 def _params(d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,7 +225,7 @@ def test_ipc_one_and_equal_members_give_no_nan():
 
 def test_m_equal_one_is_plain_random_sampling():
     mu, sigma = _params(16)
-    sel = sample_group(mu, sigma, GroupSamplingConfig(ipc=4, num_candidates=1, seed=11), class_index=3)
+    sel = sample_group(mu, sigma, _cfg(1, seed=11), ipc=4, class_index=3)
     z = draw_candidate(class_seed(11, 3), "group", 0, (4, 16))
     assert sel.candidate_index == (0,) and sel.seed == class_seed(11, 3)
     assert torch.equal(sel.noise, torch.addcmul(mu.float(), sigma.float(), z))
@@ -220,8 +233,7 @@ def test_m_equal_one_is_plain_random_sampling():
 
 def test_sampler_agrees_with_brute_force():
     mu, sigma = _params(16, seed=1)
-    cfg = GroupSamplingConfig(ipc=5, num_candidates=40, chunk_size=6, seed=2)
-    sel = sample_group(mu, sigma, cfg, class_index=1)
+    sel = sample_group(mu, sigma, _cfg(40, chunk_size=6, seed=2), ipc=5, class_index=1)
     cs = class_seed(2, 1)
     cands = torch.stack([torch.addcmul(mu.float(), sigma.float(), draw_candidate(cs, "group", i, (5, 16)))
                          for i in range(40)])
@@ -234,7 +246,7 @@ def test_sampler_agrees_with_brute_force():
 
 def test_chunk_size_does_not_change_the_selection():
     mu, sigma = _params(12, seed=2)
-    sels = [sample_group(mu, sigma, GroupSamplingConfig(ipc=3, num_candidates=50, chunk_size=c, seed=5))
+    sels = [sample_group(mu, sigma, _cfg(50, chunk_size=c, seed=5), ipc=3)
             for c in (7, 1000, 1)]
     assert len({s.candidate_index for s in sels}) == 1
     assert all(torch.equal(s.noise, sels[0].noise) and s.score == sels[0].score for s in sels)
@@ -246,8 +258,7 @@ def test_regeneration_is_bit_identical_and_nan_free(factorised, ipc):
     g = torch.Generator().manual_seed(9)
     x, labels = torch.randn(40, 2, 2, 3, generator=g), torch.arange(40) % 2
     gaussians = fit_class_gaussians([(x, labels)], 2)
-    cfg = GroupSamplingConfig(ipc=ipc, num_candidates=9, chunk_size=4, factorised=factorised, seed=3)
-    sels = sample_class_groups(gaussians, cfg)
+    sels = sample_class_groups(gaussians, _cfg(9, chunk_size=4, seed=3), ipc=ipc, factorised=factorised)
     for sel in sels:
         assert sel.noise.shape == (ipc, 12) and sel.noise.dtype == torch.float32
         assert torch.isfinite(sel.noise).all() and math.isfinite(sel.score)
@@ -262,37 +273,48 @@ def test_regeneration_is_bit_identical_and_nan_free(factorised, ipc):
 def test_classes_get_their_own_streams():
     mu, sigma = _params(10)
     gaussians = ClassGaussians(torch.stack([mu, mu]), torch.stack([sigma, sigma]) ** 2, torch.tensor([5, 5]), (10,))
-    a, b = sample_class_groups(gaussians, GroupSamplingConfig(ipc=3, num_candidates=1, seed=0))
+    a, b = sample_class_groups(gaussians, _cfg(1), ipc=3)
     assert a.seed != b.seed and not torch.equal(a.noise, b.noise)
     seeds = {candidate_seed(class_seed(0, k), "group", i) for k in range(20) for i in range(500)}
     assert len(seeds) == 20 * 500
-    again = sample_class_groups(gaussians, GroupSamplingConfig(ipc=3, num_candidates=1, seed=0))
+    again = sample_class_groups(gaussians, _cfg(1), ipc=3)
     assert torch.equal(again[1].noise, b.noise)
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"ipc": 0}, "ipc"), ({"num_candidates": 0}, "num_candidates"), ({"chunk_size": 0}, "chunk_size"),
-    ({"weights": (1.0, -1.0, 0.5)}, "weights"), ({"weights": (1.0, 1.0)}, "weights"), ({"ipc": 2.0}, "ipc"),
+    ({"m": 0}, r"d3hr.group_sampling.m=0 must be >= 1"), ({"chunk_size": 0}, "d3hr.group_sampling.chunk_size"),
+    ({"weights": (1.0, -1.0, 0.5)}, "weights"), ({"weights": (1.0, 1.0)}, "weights"), ({"m": 2.0}, "m=2.0"),
+    ({"weights": "high"}, "weights"), ({"seed": None}, "seed"),
 ])
 def test_config_rejects_bad_values(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        GroupSamplingConfig(**kwargs)
+    params = {"m": 2, "weights": [1.0, 1.0, 0.5], "chunk_size": 4, "seed": 0, **kwargs}
+    with pytest.raises(ConfigError, match=match):
+        build(GroupSamplingConfig, params, "d3hr.group_sampling")
+    mu, sigma = _params(3)
+    with pytest.raises(ConfigError, match=match):  # a config made directly is checked where it is used
+        sample_group(mu, sigma, GroupSamplingConfig(**params), ipc=2)
+
+
+@pytest.mark.parametrize("ipc", [0, 2.0, True])
+def test_sampler_rejects_a_bad_ipc(ipc):
+    with pytest.raises(ValueError, match="ipc must be an int >= 1"):
+        sample_group(*_params(3), _cfg(2), ipc=ipc)
 
 
 def test_sampler_and_scorer_reject_bad_statistics():
     mu, sigma = _params(6)
-    cfg = GroupSamplingConfig(ipc=2, num_candidates=2)
+    cfg = _cfg(2)
     with pytest.raises(ValueError, match="same length"):
-        sample_group(mu, sigma[:5], cfg)
+        sample_group(mu, sigma[:5], cfg, ipc=2)
     with pytest.raises(ValueError, match="NaN"):
-        sample_group(torch.full_like(mu, float("nan")), sigma, cfg)
+        sample_group(torch.full_like(mu, float("nan")), sigma, cfg, ipc=2)
     with pytest.raises(ValueError, match="sigma must be > 0"):
-        sample_group(mu, torch.zeros_like(sigma), cfg)
+        sample_group(mu, torch.zeros_like(sigma), cfg, ipc=2)
     with pytest.raises(ValueError, match=r"\(M, n, D\)"):
         score_groups(torch.zeros(3, 6), mu, sigma)
     with pytest.raises(ValueError, match="D=5"):
         score_groups(torch.zeros(3, 2, 5), mu, sigma)
-    sel = sample_group(mu, sigma, cfg)
+    sel = sample_group(mu, sigma, cfg, ipc=2)
     with pytest.raises(ValueError, match="D=6"):
         regenerate_group(_params(7), sel.recipe)
     with pytest.raises(ValueError, match="drawn on 'cpu'"):
@@ -307,8 +329,7 @@ def test_sampler_and_scorer_reject_bad_statistics():
 def test_factorised_group_has_exactly_the_chosen_moments():
     mu, sigma = _params(10, seed=3)
     n = 6
-    sel = sample_group(mu, sigma, GroupSamplingConfig(ipc=n, num_candidates=20, factorised=True, seed=4),
-                       class_index=2)
+    sel = sample_group(mu, sigma, _cfg(20, seed=4), ipc=n, factorised=True, class_index=2)
     i_mean, i_std, i_res = sel.candidate_index
     cs = class_seed(4, 2)
     u = draw_candidate(cs, "mean", i_mean, (10,)).double()
@@ -327,7 +348,7 @@ def test_factorised_group_has_exactly_the_chosen_moments():
 def test_factorised_parts_are_each_the_best_of_m():
     mu, sigma = _params(8, seed=4)
     n, m = 5, 15
-    sel = sample_group(mu, sigma, GroupSamplingConfig(ipc=n, num_candidates=m, factorised=True, seed=6))
+    sel = sample_group(mu, sigma, _cfg(m, seed=6), ipc=n, factorised=True)
     cs = class_seed(6, 0)
     mean_terms = [float((sigma.float() * draw_candidate(cs, "mean", i, (8,))).norm()) / math.sqrt(n) for i in range(m)]
     std_terms = [float((sigma.float() * ((draw_candidate(cs, "std", i, (n - 1, 8)).square().sum(0) / (n - 1)).sqrt()
@@ -343,8 +364,8 @@ def test_factorised_groups_are_exact_gaussian_samples():
     mu = torch.tensor([0.5, -2.0, 0.0], dtype=torch.float64)
     sigma = torch.tensor([1.0, 0.3, 2.5], dtype=torch.float64)
     n, groups = 5, 1500
-    x = torch.stack([sample_group(mu, sigma, GroupSamplingConfig(ipc=n, num_candidates=1, factorised=True, seed=s))
-                     .noise.double() for s in range(groups)])  # (G, n, 3)
+    x = torch.stack([sample_group(mu, sigma, _cfg(1, seed=s), ipc=n, factorised=True).noise.double()
+                     for s in range(groups)])  # (G, n, 3)
     pooled = ((x - mu) / sigma).reshape(-1, 3)  # should be N(0, 1)
     total = pooled.shape[0]
     se = 1 / math.sqrt(total)
@@ -372,14 +393,72 @@ def test_factorised_groups_are_exact_gaussian_samples():
 def test_factorised_beats_the_paper_sampler_at_equal_m():
     mu, sigma = _params(64, seed=5)
     for seed in range(3):
-        paper = sample_group(mu, sigma, GroupSamplingConfig(ipc=10, num_candidates=30, seed=seed))
-        fact = sample_group(mu, sigma, GroupSamplingConfig(ipc=10, num_candidates=30, factorised=True, seed=seed))
+        paper = sample_group(mu, sigma, _cfg(30, seed=seed), ipc=10)
+        fact = sample_group(mu, sigma, _cfg(30, seed=seed), ipc=10, factorised=True)
         assert fact.score < paper.score
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_regeneration_is_bit_identical():
     mu, sigma = _params(32)
-    sel = sample_group(mu, sigma, GroupSamplingConfig(ipc=4, num_candidates=20, chunk_size=7), device="cuda")
+    sel = sample_group(mu, sigma, _cfg(20, chunk_size=7), ipc=4, device="cuda")
     assert sel.recipe["device_type"] == "cuda"
     assert torch.equal(regenerate_group((mu, sigma), sel.recipe), sel.noise)
+
+
+# --------------------------------------------------------------------------- phases (no Kedro)
+
+
+def _two_class_gaussians() -> ClassGaussians:
+    g = torch.Generator().manual_seed(4)
+    x, labels = torch.randn(30, 2, 2, 2, generator=g), torch.arange(30) % 3
+    return fit_class_gaussians([(x, labels)], 3)
+
+
+@pytest.mark.parametrize("factorised", [False, True])
+def test_selection_resumes_from_its_workdir_and_regenerates_the_kept_noise(tmp_path, factorised):
+    gaussians, cfg = _two_class_gaussians(), _cfg(6, chunk_size=4, seed=1)
+    direct = sample_class_groups(gaussians, cfg, ipc=3, factorised=factorised)
+    resume = WorkDir(tmp_path / "d3hr")
+    resume.put_json("class1", {"recipe": direct[1].recipe, "score": -1.0, "terms": direct[1].terms})  # a killed run
+    entries = select_class_groups(gaussians, cfg, ipc=3, factorised=factorised, resume=resume)
+    assert [e["score"] for e in entries] == [direct[0].score, -1.0, direct[2].score]  # class 1 was not searched again
+    assert not resume.path.exists()  # finished: cleared
+    noise, labels = kept_noise(gaussians, entries)
+    expected, expected_labels = stack_selections(direct, gaussians.sample_shape)
+    assert torch.equal(noise, expected) and torch.equal(labels, expected_labels)
+    part = select_class_groups(gaussians, cfg, ipc=3, factorised=factorised, classes=(1, 3))
+    assert [e["recipe"] for e in part] == [e["recipe"] for e in entries[1:]]
+
+
+def test_selection_refuses_an_ipc_above_the_smallest_class():
+    with pytest.raises(ValueError, match=r"ipc=11 is larger than class 0 \(10 train images\)"):
+        select_class_groups(_two_class_gaussians(), _cfg(2), ipc=11)
+
+
+def test_noise_space_fit_of_class_ranges_concatenates_to_the_whole_fit():
+    g = torch.Generator().manual_seed(5)
+    labels = torch.arange(4).repeat_interleave(6)
+    noise, latents = torch.randn(24, 2, 3, generator=g) * 2 + 1, torch.rand(24, 2, 3, generator=g) ** 3
+    config = build(GaussiansConfig, {"batch_size": 4, "min_std": 1e-3}, "gaussians")
+    whole = fit_noise_space(noise, latents, labels, config, classes=(0, 4))
+    parts = [fit_noise_space(noise, latents, labels, config, classes=c).tensors() for c in ((0, 1), (1, 4))]
+    merged = NoiseSpaceFit.cat(parts, (2, 3), 1e-3)
+    for name, tensor in whole.tensors().items():
+        assert torch.equal(merged.tensors()[name], tensor), name
+    assert merged.report() == whole.report() and whole.report()["bytes"] == 4 * 6 * 8 * 2 + 4 * 8 * 2
+    torch.testing.assert_close(whole.gaussians.mean[2], noise[labels == 2].flatten(1).double().mean(0))
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"invert_steps": 11}, r"latents.invert_steps=11 must be in 1..latents.num_steps=10"),
+    ({"batch_size": 0}, r"latents.batch_size=0 must be >= 1"),
+    ({"seed": None}, r"latents.seed=None must be an int"),
+    ({"sample_posterior": "yes"}, r"latents.sample_posterior='yes' must be true or false"),
+])
+def test_latents_config_names_the_key_and_what_to_change(params, message):
+    valid = {"num_steps": 10, "invert_steps": 6, "invert_guidance": 1.0, "batch_size": 4, "round_trip_images": 2,
+             "seed": 0}
+    assert build(LatentsConfig, valid, "latents").start_step == 4
+    with pytest.raises(ConfigError, match=message):
+        build(LatentsConfig, {**valid, **params}, "latents")

@@ -1,4 +1,4 @@
-"""Nodes of the `gaussians` pipeline."""
+"""Nodes of the `gaussians` pipeline: adapters around `diffdistill.distill.d3hr.moments`."""
 
 from __future__ import annotations
 
@@ -7,29 +7,14 @@ from typing import Any
 
 import torch
 
+from diffdistill.config import build
 from diffdistill.data.bundle import TensorBundle
-from diffdistill.distill.d3hr import ClassGaussians, ClassMoments, fit_class_gaussians, fit_class_moments
-from diffdistill.pipelines.common import as_mlflow_metrics, check_params
+from diffdistill.distill.d3hr import GaussiansConfig, NoiseSpaceFit, fit_noise_space
+from diffdistill.pipelines.common import as_mlflow_metrics
 from diffdistill.pipelines.sharding import check_parts_cover, class_range, require_same
 
 logger = logging.getLogger(__name__)
-
-
-def _class_batches(bundle: TensorBundle, key: str, size: int, first: int, stop: int):
-    """Batches of classes first..stop-1, never straddling two classes, labels relative to `first`.
-
-    Per-class batches make the float64 merge order of a class independent of the other classes, so a class
-    shard accumulates exactly what the full run does for its classes.
-    """
-    values, labels = bundle[key], bundle["labels"]
-    for k in range(first, stop):
-        rows = torch.nonzero(labels == k).flatten()
-        for start in range(0, len(rows), size):
-            index = rows[start:start + size]
-            yield values[index], labels[index] - first
-
-
-MOMENT_KEYS = ("counts", "mean", "var", "skewness", "excess_kurtosis", "constant")
+LINEAGE = ("prior_fingerprint", "class_names", "num_steps", "invert_steps", "invert_guidance", "start_step")
 
 
 def fit_noise_gaussians(noise: TensorBundle, latents: TensorBundle,
@@ -42,52 +27,32 @@ def fit_noise_gaussians(noise: TensorBundle, latents: TensorBundle,
     return merge_gaussian_parts(noise, params, fit_gaussians_classes(noise, latents, params))
 
 
-def _check_gaussians_params(params: dict[str, Any]) -> None:
-    check_params(params, "gaussians", {"batch_size": int}, {"min_std": (float, None)})
-    if params["batch_size"] < 1:
-        raise ValueError(f"parameter gaussians.batch_size={params['batch_size']} must be >= 1")
-
-
 def fit_gaussians_classes(noise: TensorBundle, latents: TensorBundle, params: dict[str, Any], *,
                           shard: tuple[int, int] | None = None) -> TensorBundle:
     """Gaussians of the noise and moments of latents and noise for the classes of `shard` (None = all)."""
-    _check_gaussians_params(params)
-    if noise.meta.get("prior_fingerprint") != latents.meta.get("prior_fingerprint"):
-        raise ValueError("noise and latents come from different priors; re-run the latents pipeline so both are "
-                         "saved by the same run")
-    batch = int(params["batch_size"])
-    first, stop = class_range(int(noise.meta["num_classes"]), shard)
-    gaussians = fit_class_gaussians(_class_batches(noise, "noise", batch, first, stop), stop - first,
-                                    min_std=params.get("min_std"))
-    tensors = dict(gaussians.to_bundle().tensors)
-    for stage, bundle, key in (("before", latents, "latents"), ("after", noise, "noise")):
-        moments = fit_class_moments(_class_batches(bundle, key, batch, first, stop), stop - first)
-        tensors.update({f"{stage}.{name}": getattr(moments, name) for name in MOMENT_KEYS})
-    return TensorBundle(tensors, {"kind": "gaussians_part", "classes": [first, stop],
-                                  "sample_shape": list(gaussians.sample_shape), "min_std": gaussians.min_std})
+    config = build(GaussiansConfig, params, "gaussians")
+    if noise.meta.get("prior_fingerprint") != latents.meta.get("prior_fingerprint") or not torch.equal(
+            noise["labels"], latents["labels"]):
+        raise ValueError("noise and latents come from different priors or runs; re-run the latents pipeline so both "
+                         "are saved by the same run")
+    classes = class_range(int(noise.meta["num_classes"]), shard)
+    fit = fit_noise_space(noise["noise"], latents["latents"], noise["labels"], config, classes=classes)
+    return TensorBundle(fit.tensors(), {"kind": "gaussians_part", "classes": list(classes),
+                                        "sample_shape": list(fit.gaussians.sample_shape),
+                                        "min_std": fit.gaussians.min_std})
 
 
 def merge_gaussian_parts(noise: TensorBundle, params: dict[str, Any],
                          *parts: TensorBundle) -> tuple[TensorBundle, dict[str, Any], dict[str, Any]]:
     """Class-ordered parts -> `class_gaussians`, the normality report and its metrics."""
-    _check_gaussians_params(params)
+    build(GaussiansConfig, params, "gaussians")  # the parts' settings: refuse what the shards would refuse
     parts = list(parts)
     check_parts_cover(parts, int(noise.meta["num_classes"]), "gaussians")
     require_same(parts, ("sample_shape", "min_std"), "gaussians")
-
-    def cat(name: str) -> torch.Tensor:
-        return torch.cat([p[name] for p in parts])
-
-    floored = cat("floored_dims") if "floored_dims" in parts[0].tensors else None
-    gaussians = ClassGaussians(cat("mean"), cat("var"), cat("counts"), tuple(parts[0].meta["sample_shape"]),
-                               parts[0].meta["min_std"], floored)
-    bundle = gaussians.to_bundle()
-    bundle.meta.update({key: noise.meta[key] for key in ("prior_fingerprint", "class_names", "num_steps",
-                                                          "invert_steps", "invert_guidance", "start_step")})
-    before, after = (ClassMoments(*(cat(f"{stage}.{name}") for name in MOMENT_KEYS)).report()
-                     for stage in ("before", "after"))
-    report = {"before_inversion": before, "after_inversion": after,
-              "bytes": int(sum(t.numel() * t.element_size() for t in bundle.tensors.values()))}
+    fit = NoiseSpaceFit.cat([p.tensors for p in parts], parts[0].meta["sample_shape"], parts[0].meta["min_std"])
+    bundle = fit.gaussians.to_bundle()
+    bundle.meta.update({key: noise.meta[key] for key in LINEAGE})
+    report = fit.report()
     pooled = {f"{stage}.{stat}.mean_abs": report[f"{stage}_inversion"]["all_classes"][stat]["mean_abs"]
               for stage in ("before", "after") for stat in ("skewness", "excess_kurtosis")}
     logger.info("normality (mean |skew|, mean |excess kurtosis|): before inversion %.3f / %.3f, after %.3f / %.3f",
