@@ -1,6 +1,6 @@
 """Differentiable augmentation shared by distillation and evaluation: DSA, and the soft-label crop/flip + CutMix."""
 
-from diffdistill.augment.dsa import DEFAULT_STRATEGY, DSA, FAMILIES, DSAParams, dsa_strategy_for
+from diffdistill.augment.dsa import DEFAULT_STRATEGY, DSA, FAMILIES, DSAParams, dsa_strategy_for, resolve_dsa_strategy
 from diffdistill.augment.mixing import cutmix, random_resized_crop_flip
 
 __all__ = [
@@ -11,4 +11,5 @@ __all__ = [
     "cutmix",
     "dsa_strategy_for",
     "random_resized_crop_flip",
+    "resolve_dsa_strategy",
 ]

@@ -31,6 +31,11 @@ def dsa_strategy_for(dataset_name: str | None) -> str:
     return DEFAULT_STRATEGY
 
 
+def resolve_dsa_strategy(strategy: str, source: str | None) -> str:
+    """`auto`: the default strategy for the data `source` (`dsa_strategy_for`); any other strategy as given."""
+    return dsa_strategy_for(source) if strategy == "auto" else strategy
+
+
 @dataclass
 class DSAParams:
     """One draw: the chosen `family` and its raw random numbers, leading dim 1 (siamese) or batch size.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -14,6 +14,7 @@ from diffdistill.nets.resnet import ResNet18
 from diffdistill.nets.vit import ViT, vit_config_for
 
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 256
+NetFactory = Callable[[torch.Generator], torch.nn.Module]  # a fresh net, every parameter drawn from the generator
 
 
 def convnet_depth_for(image_size: int) -> int:
@@ -130,3 +131,15 @@ def build_net(
         net = builder(in_channels, num_classes, image_size, **overrides)
     net.to_empty(device="cpu")
     return init_parameters(net, generator)
+
+
+def net_factory(name: str, in_channels: int, num_classes: int, image_size: int,
+                overrides: Mapping[str, Any] | None = None) -> NetFactory:
+    """Nets `name` (+ `build_net` `overrides`) for data of this shape, each initialised from the generator handed
+    in: the one factory of the matching nets (DC / DM / MTT objectives, LD3M, the MTT experts)."""
+    overrides = dict(overrides or {})
+
+    def make(generator: torch.Generator) -> torch.nn.Module:
+        return build_net(name, in_channels, num_classes, image_size, generator=generator, **overrides)
+
+    return make
