@@ -8,40 +8,33 @@ student unflattens.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from diffdistill import nets
+from diffdistill.augment import DEFAULT_STRATEGY
+from diffdistill.config import build, option, to_dict
 from diffdistill.data.bundle import to_unit
-from diffdistill.distill.objectives import (
-    Augment,
-    NetFactory,
-    RealImages,
-    augment_per_sample,
-    default_net_factory,
-    flatten_parameters,
-)
+from diffdistill.distill.objectives import Augment, NetFactory, RealImages, augment_per_sample, flatten_parameters
 from diffdistill.rng import derive_seed
 
 
 @dataclass
 class ExpertConfig:
-    num_experts: int = 10
-    epochs: int = 15
-    lr: float = 0.01  # MTT buffer.py: SGD, no momentum, no weight decay
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    batch_size: int = 256
-    net: str = "convnet"  # must match the MTT objective's mtt.net
-    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"  # "none": no augmentation
+    """How the experts train (`diffdistill.config` dataclass; MTT buffer.py: SGD, no momentum, no weight decay)."""
 
-    def validate(self) -> None:
-        if self.num_experts < 1 or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("experts.num_experts, experts.epochs and experts.batch_size must be >= 1")
-        if self.lr <= 0:
-            raise ValueError(f"experts.lr must be > 0, got {self.lr}")
+    num_experts: int = option(10, min=1, help="trajectories to train")
+    epochs: int = option(15, min=1, help="epochs per expert (snapshots: epochs + 1)")
+    lr: float = option(0.01, gt=0, help="SGD learning rate")
+    momentum: float = option(0.0, min=0, help="SGD momentum")
+    weight_decay: float = option(0.0, min=0, help="SGD weight decay")
+    batch_size: int = option(256, min=1, help="real images per SGD step")
+    net: str = option("convnet", choices=nets.NET_NAMES, help="the architecture; must match the MTT objective's mtt.net")
+    dsa_strategy: str = option(DEFAULT_STRATEGY, help="DSA on the real images; 'none': no augmentation")
 
 
 def train_expert(
@@ -76,7 +69,7 @@ def train_expert(
 def train_experts(
     images: torch.Tensor,
     labels: torch.Tensor,
-    config: ExpertConfig,
+    config: ExpertConfig | Mapping[str, Any],
     *,
     seed: int,
     net_factory: NetFactory | None = None,
@@ -91,15 +84,16 @@ def train_experts(
     Nets come from `config.net` and DSA from `config.dsa_strategy` unless `net_factory` /
     `augment` are given. `load_expert(e)` may return a finished trajectory (resume: it is not
     retrained); `save_expert(e, trajectory)` is called as soon as each new expert is done.
-    Normalisation uses the mean/std of `images`, as the distillation objectives do.
+    Normalisation uses the mean/std of `images`, as the distillation objectives do. `config` (an
+    `ExpertConfig` or its mapping) is checked by `diffdistill.config.build`, errors naming `experts.<key>`.
     """
-    config.validate()
+    config = build(ExpertConfig, to_dict(config) if isinstance(config, ExpertConfig) else config, "experts")
     if images.ndim != 4 or labels.shape != (images.shape[0],):
         raise ValueError("images must be (N, C, H, W) and labels (N,)")
     num_classes = int(labels.max()) + 1
     real = RealImages.from_classes([images[labels == k] for k in range(num_classes) if (labels == k).any()])
     if net_factory is None:
-        net_factory = default_net_factory(config.net, images.shape[1], num_classes, images.shape[-1])
+        net_factory = nets.net_factory(config.net, images.shape[1], num_classes, images.shape[-1])
     if augment is None and config.dsa_strategy.lower() not in ("", "none"):
         from diffdistill.augment import DSA
 
@@ -129,3 +123,21 @@ def train_experts(
                 save_expert(expert, trajectory)
         trajectories.append(trajectory)
     return trajectories
+
+
+@torch.no_grad()
+def final_train_scores(trajectory: torch.Tensor, net_factory: NetFactory, images: torch.Tensor,
+                       labels: torch.Tensor, real: RealImages, device: torch.device | str = "cpu",
+                       batch_size: int = 512) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of an expert's last snapshot on the un-augmented split `images` (uint8 or
+    [0, 1]), normalised with `real`'s statistics; the net in train mode, as the MTT student runs."""
+    net = net_factory(torch.Generator().manual_seed(0)).to(device).train()
+    torch.nn.utils.vector_to_parameters(trajectory[-1].to(device), net.parameters())
+    correct, loss = 0, 0.0
+    for start in range(0, len(labels), batch_size):
+        x = real.normalize(to_unit(images[start:start + batch_size]).to(device))
+        y = labels[start:start + batch_size].to(device)
+        logits = net(x)
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    return correct / len(labels), loss / len(labels)

@@ -15,7 +15,7 @@ and may own extra learnable tensors (`extra_parameters`, MTT's syn_lr).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from diffdistill.config import option
 from diffdistill.data.bundle import to_unit
+from diffdistill.nets import NET_NAMES, NetFactory
 from diffdistill.rng import derive_seed
-
-NetFactory = Callable[[torch.Generator], nn.Module]
 
 # DC/DSA's (outer_loop, inner_loop) per images-per-class (DatasetCondensation `get_loops`).
 DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -38,16 +38,6 @@ class Augment(Protocol):
     def sample_params(self, batch_size: int, generator: torch.Generator, siamese: bool = ...) -> object: ...
 
     def apply(self, x: torch.Tensor, params: object) -> torch.Tensor: ...
-
-
-def default_net_factory(name: str, in_channels: int, num_classes: int, image_size: int) -> NetFactory:
-    """Nets from the shared registry, initialised from the generator handed in."""
-    from diffdistill.nets import build_net
-
-    def make(generator: torch.Generator) -> nn.Module:
-        return build_net(name, in_channels, num_classes, image_size, generator=generator)
-
-    return make
 
 
 # --- real data ---
@@ -161,24 +151,24 @@ def match_distance(grad_real: torch.Tensor, grad_syn: torch.Tensor) -> torch.Ten
 
 @dataclass
 class DCConfig:
-    net: str = "convnet"
-    batch_real: int = 256
-    batch_train: int = 256  # minibatch of the inner-loop net update on synthetic data
-    lr_net: float = 0.01
+    """DC/DSA gradient matching (`diffdistill.config` dataclass; LD3M's `ld3m.dc`)."""
+
+    net: str = option("convnet", choices=NET_NAMES, help="the matching net (nets registry)")
+    batch_real: int = option(256, min=1, help="real images per class and round")
+    batch_train: int = option(256, min=1, help="minibatch of the inner-loop net update on synthetic data")
+    lr_net: float = option(0.01, gt=0, help="SGD learning rate of the inner-loop net update")
     # (outer_loop, inner_loop) when both are not given: "dc_table" = DC_LOOPS[ipc] (DC/DSA in pixel space),
     # "glad" = 1/1 (GLaD's and LD3M's default in prior spaces: one matching round, the net never trained on the set);
     # None = the caller's default (LD3M: "glad" in prior spaces, "dc_table" in pixel space; alone: "dc_table").
-    schedule: str | None = None
-    outer_loop: int | None = None  # both set: they override `schedule`
-    inner_loop: int | None = None
+    schedule: str | None = option(None, choices=DC_SCHEDULES, help="loop schedule when the loops are not both set")
+    outer_loop: int | None = option(None, min=1, help="matching rounds per iteration (with inner_loop: overrides "
+                                                      "schedule)")
+    inner_loop: int | None = option(None, min=0, help="net training epochs on the set between rounds")
 
     def loops(self, ipc: int) -> tuple[int, int]:
+        """(outer_loop, inner_loop) for `ipc` images per class."""
         if self.outer_loop is not None and self.inner_loop is not None:
-            if self.outer_loop < 1 or self.inner_loop < 0:
-                raise ValueError("dc.outer_loop must be >= 1 and dc.inner_loop >= 0")
             return self.outer_loop, self.inner_loop
-        if self.schedule is not None and self.schedule not in DC_SCHEDULES:
-            raise ValueError(f"dc.schedule must be one of {', '.join(DC_SCHEDULES)}, got {self.schedule!r}")
         if self.schedule == "glad":
             return 1, 1
         if ipc not in DC_LOOPS:
@@ -256,8 +246,10 @@ def _freeze_batchnorm(net: nn.Module, real: RealImages, generator: torch.Generat
 
 @dataclass
 class DMConfig:
-    net: str = "convnet"
-    batch_real: int = 256
+    """DM distribution matching (`diffdistill.config` dataclass; LD3M's `ld3m.dm`)."""
+
+    net: str = option("convnet", choices=NET_NAMES, help="the embedding net (nets registry)")
+    batch_real: int = option(256, min=1, help="real images per class and iteration")
 
 
 class DistributionMatching:
@@ -347,13 +339,15 @@ def unroll_student(
 
 @dataclass
 class MTTConfig:
-    net: str = "convnet"
-    expert_epochs: int = 3  # M: target = start + M
-    max_start_epoch: int = 5  # start epoch drawn from [0, max_start_epoch)
-    syn_steps: int = 20  # N student steps
-    batch_syn: int | None = None  # None: the whole synthetic set per step
-    lr_teacher: float = 0.01  # initial syn_lr
-    lr_lr: float = 1e-6  # learning rate of syn_lr
+    """MTT trajectory matching (`diffdistill.config` dataclass; LD3M's `ld3m.mtt`)."""
+
+    net: str = option("convnet", choices=NET_NAMES, help="the student net: the experts' architecture")
+    expert_epochs: int = option(3, min=1, help="M: target = start + M")
+    max_start_epoch: int = option(5, min=1, help="start epoch drawn from [0, max_start_epoch)")
+    syn_steps: int = option(20, min=1, help="N student steps")
+    batch_syn: int | None = option(None, min=1, help="student minibatch; None: the whole synthetic set per step")
+    lr_teacher: float = option(0.01, gt=0, help="initial syn_lr")
+    lr_lr: float = option(1e-6, min=0, help="learning rate of syn_lr")
 
 
 class TrajectoryMatching:
@@ -376,8 +370,6 @@ class TrajectoryMatching:
             raise ValueError("MTT needs at least one expert trajectory (run the experts pipeline first)")
         needed = config.max_start_epoch + config.expert_epochs
         shortest = min(e.shape[0] for e in self.experts)
-        if config.max_start_epoch < 1 or config.expert_epochs < 1 or config.syn_steps < 1:
-            raise ValueError("mtt.max_start_epoch, mtt.expert_epochs and mtt.syn_steps must be >= 1")
         if shortest < needed:
             raise ValueError(
                 f"expert trajectories hold {shortest} snapshots but mtt.max_start_epoch + mtt.expert_epochs = "
