@@ -67,6 +67,7 @@ def peak_bytes(device: torch.device) -> int:
 
 def make_iteration(args, prior, mode: str, steps: int):
     """One distillation step's generator side in `mode` at T = steps: (run, synthesizer)."""
+    from diffdistill.config import build
     from diffdistill.diffusion.residual import ResidualNoise, generate_and_backprop
     from diffdistill.distill.ld3m import LD3MConfig, LD3MState, Synthesizer
 
@@ -80,7 +81,8 @@ def make_iteration(args, prior, mode: str, steps: int):
         conditions=prior.condition(labels).detach().clone().requires_grad_(True),
         noise=ResidualNoise.draw(n, prior.latent_shape, num_steps=steps, eta=args.eta, generator=g, device=device),
     )
-    config = LD3MConfig.from_dict(
+    config = build(
+        LD3MConfig,
         {
             "device": args.device,
             "sampler": {
@@ -91,7 +93,8 @@ def make_iteration(args, prior, mode: str, steps: int):
                 "backprop": mode,
                 "chunk_size": args.chunk_size,
             },
-        }
+        },
+        "ld3m",
     )
     synthesize = Synthesizer(prior, state, config, (3, args.image_size, args.image_size))
     target = torch.rand((n, 3, args.image_size, args.image_size), generator=g).to(device)

@@ -34,8 +34,9 @@ from diffdistill.datasets import DiffusersFolderDataset, TensorBundleDataset  # 
 from diffdistill.distill.ld3m import distill_ld3m  # noqa: E402
 from diffdistill.evaluation import get_protocol, train_and_evaluate  # noqa: E402
 from diffdistill.evaluation.train import channel_stats  # noqa: E402
-from diffdistill.pipelines.experts.nodes import matching_net_factory, train_expert_trajectories  # noqa: E402
-from diffdistill.pipelines.ld3m.nodes import ld3m_config, method_name  # noqa: E402
+from diffdistill.nets import net_factory  # noqa: E402
+from diffdistill.pipelines.experts.nodes import train_expert_trajectories  # noqa: E402
+from diffdistill.pipelines.ld3m.params import ld3m_config, method_name  # noqa: E402
 
 # (objective, space, variant) -> learning rates tried. Centred on the reference codes' rates (reference latent:
 # the published lr_w DC 0.1 / DM 1 / MTT 1000; pixel: DC/DSA 0.1, DM 1, MTT 1000 in normalised space) and, for the
@@ -103,7 +104,8 @@ def main() -> None:
         config = ld3m_config(run_params, train, "cpu", objective=objective, space=space, ipc=args.ipc,
                              variant=variant)
         overrides = dict(ld3m_params.get("net_overrides") or {})
-        factory = matching_net_factory(getattr(config, objective).net, overrides, train) if overrides else None
+        factory = net_factory(getattr(config, objective).net, int(train["images"].shape[1]), train.num_classes,
+                              int(train["images"].shape[-1]), overrides)
         history: list[dict[str, Any]] = []
         started = time.perf_counter()
         result = distill_ld3m(train, None if space == "pixel" else prior, config, experts=experts,

@@ -7,6 +7,7 @@ import torch
 from diffusers import DDIMScheduler
 from torch import nn
 
+from diffdistill.config import ConfigError, build
 from diffdistill.data.bundle import TensorBundle, to_signed
 from diffdistill.distill.ld3m import (
     CHECKPOINT_FILE,
@@ -103,7 +104,7 @@ def _config(**overrides):
         dm=dict(batch_real=8),
     )
     base.update(overrides)
-    return LD3MConfig.from_dict(base)
+    return build(LD3MConfig, base, "ld3m")
 
 
 def _run(config, prior=None, **kwargs):
@@ -234,12 +235,12 @@ def test_dc_outer_loops_train_the_net_between_rounds():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="unknown ld3m config keys"):
-        LD3MConfig.from_dict({"bogus": 1})
-    with pytest.raises(ValueError, match="unknown ld3m.sampler keys"):
-        LD3MConfig.from_dict({"sampler": {"steps": 3}})
-    with pytest.raises(ValueError, match="space"):
-        _config(space="w_plus").validate()
+    with pytest.raises(ConfigError, match=r"unknown key ld3m.bogus; valid keys: checkpoint_every, dc, device"):
+        build(LD3MConfig, {"bogus": 1}, "ld3m")
+    with pytest.raises(ConfigError, match=r"unknown key ld3m.sampler.steps; valid keys: backprop, chunk_size"):
+        build(LD3MConfig, {"sampler": {"steps": 3}}, "ld3m")
+    with pytest.raises(ConfigError, match=r"ld3m.space='w_plus' is not one of latent, pixel, decoder_only"):
+        _config(space="w_plus")
     with pytest.raises(ValueError, match="needs expert trajectories"):
         _run(_config(objective="mtt", iterations=1))
     assert LD3MConfig(objective="mtt").learning_rate() == 1000.0  # the published LD3M code's lr_w

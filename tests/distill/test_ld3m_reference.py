@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler
 from torch import nn
 
+from diffdistill.config import build
 from diffdistill.data.bundle import TensorBundle, to_unit
 from diffdistill.diffusion.residual import ResidualNoise, residual_ddim_sample
 from diffdistill.distill.ld3m import (
@@ -83,9 +84,9 @@ class EmpiricalPrior(nn.Module):
 
 def _sensitivity(prior, variant, *, num_steps=6, guidance=3.0, space="latent"):
     real = _real()
-    config = LD3MConfig.from_dict(dict(objective="dm", space=space, ipc=2, iterations=0, dsa_strategy="none",
-                                       sampler=dict(num_steps=num_steps, guidance=guidance, variant=variant,
-                                                    chunk_size=6)))
+    config = build(LD3MConfig, dict(objective="dm", space=space, ipc=2, iterations=0, dsa_strategy="none",
+                                    sampler=dict(num_steps=num_steps, guidance=guidance, variant=variant,
+                                                 chunk_size=6)), "ld3m")
     state = init_state(RealImages.from_bundle(real), prior, config)
     return latent_sensitivity(Synthesizer(prior, state, config, (1, SIDE, SIDE)), config.seed)
 
@@ -139,8 +140,8 @@ def test_decoder_only_images_are_decode_z():
 def test_sensitivity_estimates_the_jacobian_norm_ratio_and_leaves_the_state_alone():
     """The probe estimate against the exact Frobenius norms of dX/dZ and dX/dn (brute-force Jacobians)."""
     prior = ToyPrior()
-    config = LD3MConfig.from_dict(dict(objective="dm", space="latent", ipc=1, iterations=0, dsa_strategy="none",
-                                       sampler=dict(num_steps=4, guidance=2.0, chunk_size=3)))
+    config = build(LD3MConfig, dict(objective="dm", space="latent", ipc=1, iterations=0, dsa_strategy="none",
+                                    sampler=dict(num_steps=4, guidance=2.0, chunk_size=3)), "ld3m")
     state = init_state(RealImages.from_bundle(_real()), prior, config)
     before = {k: v.clone() for k, v in state.tensors().items()}
     synth = Synthesizer(prior, state, config, (1, SIDE, SIDE))
@@ -163,8 +164,8 @@ def test_sensitivity_estimates_the_jacobian_norm_ratio_and_leaves_the_state_alon
 @pytest.mark.parametrize("space", ["latent", "no_residual", "condition_only", "decoder_only", "pixel"])
 def test_every_prior_space_history_has_the_diagnostic_at_iteration_0(space):
     seen = []
-    config = LD3MConfig.from_dict(dict(objective="dm", space=space, ipc=2, iterations=2, dsa_strategy="none",
-                                       sampler=dict(num_steps=3, chunk_size=4), dm=dict(batch_real=8)))
+    config = build(LD3MConfig, dict(objective="dm", space=space, ipc=2, iterations=2, dsa_strategy="none",
+                                    sampler=dict(num_steps=3, chunk_size=4), dm=dict(batch_real=8)), "ld3m")
     distill_ld3m(_real(), None if space == "pixel" else ToyPrior(), config, net_factory=ToyNet,
                  on_step=seen.append)
     keys = [{k for k in m if k.startswith("init_")} for m in seen]
@@ -177,21 +178,21 @@ def test_every_prior_space_history_has_the_diagnostic_at_iteration_0(space):
 
 def test_dc_schedule_is_glads_in_prior_spaces_and_dcs_table_in_pixel_space():
     def loops(space, **dc):
-        config = LD3MConfig.from_dict(dict(objective="dc", space=space, ipc=10, dc=dc))
+        config = build(LD3MConfig, dict(objective="dc", space=space, ipc=10, dc=dc), "ld3m")
         return config.dc_config().loops(10)
 
     assert loops("latent") == loops("no_residual") == loops("condition_only") == loops("decoder_only") == (1, 1)
     assert loops("pixel") == (10, 50)
     assert loops("latent", schedule="dc_table") == (10, 50) and loops("pixel", schedule="glad") == (1, 1)
     assert loops("latent", outer_loop=3, inner_loop=2) == (3, 2)
-    with pytest.raises(ValueError, match="dc.schedule must be one of dc_table, glad"):
-        LD3MConfig.from_dict(dict(objective="dc", dc={"schedule": "gald"})).validate()
+    with pytest.raises(ValueError, match=r"ld3m.dc.schedule='gald' is not one of dc_table, glad"):
+        build(LD3MConfig, dict(objective="dc", dc={"schedule": "gald"}), "ld3m")
 
 
 def test_dc_in_a_prior_space_runs_one_round_per_iteration_and_records_its_loops():
     seen = []
-    config = LD3MConfig.from_dict(dict(objective="dc", space="latent", ipc=10, iterations=1, dsa_strategy="none",
-                                       sampler=dict(num_steps=2, chunk_size=30), dc=dict(batch_real=4)))
+    config = build(LD3MConfig, dict(objective="dc", space="latent", ipc=10, iterations=1, dsa_strategy="none",
+                                    sampler=dict(num_steps=2, chunk_size=30), dc=dict(batch_real=4)), "ld3m")
     real = _real()
     real = TensorBundle({"images": real["images"].repeat(3, 1, 1, 1), "labels": real["labels"].repeat(3)},
                         real.meta)
@@ -204,8 +205,8 @@ def test_one_pixel_update_is_the_references_update_in_normalised_space():
     normalise(ours) == x_n - lr * dL/dx_n (momentum buffer starts at 0), with the same net, batches and loss."""
     lr = 0.7
     real = _real()
-    config = LD3MConfig.from_dict(dict(objective="dm", space="pixel", ipc=2, iterations=1, lr=lr,
-                                       dsa_strategy="none", dm=dict(batch_real=8)))
+    config = build(LD3MConfig, dict(objective="dm", space="pixel", ipc=2, iterations=1, lr=lr,
+                                    dsa_strategy="none", dm=dict(batch_real=8)), "ld3m")
     result = distill_ld3m(real, None, config, net_factory=ToyNet)
     images = RealImages.from_bundle(real)
     start = init_state(images, None, config)
@@ -224,8 +225,8 @@ def test_one_pixel_update_is_the_references_update_in_normalised_space():
 
 def test_the_distilled_set_is_float32_clamped_to_unit_range_without_quantisation():
     """Pixels learn unclamped (state), the set is their clamp to [0, 1] in float32, nothing rounded to 8 bits."""
-    config = LD3MConfig.from_dict(dict(objective="dm", space="pixel", ipc=2, iterations=3, lr=50.0,
-                                       dsa_strategy="none", dm=dict(batch_real=8)))
+    config = build(LD3MConfig, dict(objective="dm", space="pixel", ipc=2, iterations=3, lr=50.0,
+                                    dsa_strategy="none", dm=dict(batch_real=8)), "ld3m")
     result = distill_ld3m(_real(), None, config, net_factory=ToyNet)
     raw, out = result.state["images"], result.images["images"]
     assert out.dtype == torch.float32 and raw.min() < 0 < 1 < raw.max()  # lr 50 pushes pixels out of range
@@ -241,4 +242,4 @@ def test_the_distilled_set_is_float32_clamped_to_unit_range_without_quantisation
 ])
 def test_a_bad_variant_names_the_valid_ones(variant, message):
     with pytest.raises(ValueError, match=message):
-        LD3MConfig.from_dict(dict(sampler=dict(variant=variant))).validate()
+        build(LD3MConfig, dict(sampler=dict(variant=variant)), "ld3m")

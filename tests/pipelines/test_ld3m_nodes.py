@@ -16,6 +16,7 @@ from diffdistill.datasets import AtomicJSONDataset
 from diffdistill.evaluation import channel_stats
 from diffdistill.pipelines.experts.nodes import train_expert_trajectories
 from diffdistill.pipelines.ld3m import nodes
+from diffdistill.pipelines.ld3m import params as ld3m_params
 from diffdistill.pipelines.report.nodes import gradient_snr_plot, rolling_snr
 from diffdistill.workdir import module_fingerprint, split_fingerprint
 
@@ -92,17 +93,17 @@ def test_distilled_set_has_the_common_format_and_lineage_meta():
 
 
 def test_learning_rates_and_iterations_resolve_per_objective_space_and_ipc():
-    assert nodes.learning_rate(PARAMS, "dm", "no_residual") == 0.05  # every prior space uses `latent`
-    assert nodes.learning_rate(PARAMS, "dm", "pixel") == 0.5
-    assert nodes.learning_rate(PARAMS, "dc", "pixel") is None  # the core's default (0.1)
+    assert ld3m_params.learning_rate(PARAMS, "dm", "no_residual") == 0.05  # every prior space uses `latent`
+    assert ld3m_params.learning_rate(PARAMS, "dm", "pixel") == 0.5
+    assert ld3m_params.learning_rate(PARAMS, "dc", "pixel") is None  # the core's default (0.1)
     params = {**PARAMS, "lr": {**PARAMS["lr"], "decoder_only": {"dm": 0.3}}, "iterations": {"dm": {1: 7, "10": 3}}}
-    assert nodes.ld3m_config(params, train_set(), "cpu", objective="dm", space="decoder_only", ipc=10).lr == 0.3
-    assert nodes.ld3m_config(params, train_set(), "cpu", objective="dm", space="latent", ipc=1).iterations == 7
+    assert ld3m_params.ld3m_config(params, train_set(), "cpu", objective="dm", space="decoder_only", ipc=10).lr == 0.3
+    assert ld3m_params.ld3m_config(params, train_set(), "cpu", objective="dm", space="latent", ipc=1).iterations == 7
     with pytest.raises(ValueError, match=r"ld3m.iterations.dm has no entry for ipc 2"):
-        nodes.ld3m_config(params, train_set(), "cpu", objective="dm", space="latent", ipc=2)
+        ld3m_params.ld3m_config(params, train_set(), "cpu", objective="dm", space="latent", ipc=2)
     with pytest.raises(ValueError, match="ld3m.iterations needs an entry for objective 'dc'"):
-        nodes.ld3m_config(params, train_set(), "cpu", objective="dc", space="latent", ipc=1)
-    config = nodes.ld3m_config(PARAMS, train_set(), "cpu", objective="dm", space="pixel", ipc=1)
+        ld3m_params.ld3m_config(params, train_set(), "cpu", objective="dc", space="latent", ipc=1)
+    config = ld3m_params.ld3m_config(PARAMS, train_set(), "cpu", objective="dm", space="pixel", ipc=1)
     assert config.dsa_strategy == "color_crop_cutout_scale_rotate"  # auto: digits drop flip
 
 
@@ -197,11 +198,11 @@ def test_registry_builds_one_namespace_per_run_and_ipc(monkeypatch):
 
 def test_a_run_with_a_variant_is_its_own_set_with_its_own_rate():
     params = {**PARAMS, "lr": {**PARAMS["lr"], "latent_eq12": {"dm": 7.0}}}
-    eq12 = nodes.ld3m_config(params, train_set(), "cpu", objective="dm", space="latent", ipc=1, variant="eq12")
-    default = nodes.ld3m_config(params, train_set(), "cpu", objective="dm", space="latent", ipc=1)
+    eq12 = ld3m_params.ld3m_config(params, train_set(), "cpu", objective="dm", space="latent", ipc=1, variant="eq12")
+    default = ld3m_params.ld3m_config(params, train_set(), "cpu", objective="dm", space="latent", ipc=1)
     assert (eq12.sampler.variant, eq12.lr) == ("eq12", 7.0) and (default.sampler.variant, default.lr) == ("reference",
                                                                                                         0.05)
-    assert nodes.learning_rate(params, "dm", "no_residual") == 0.05  # `latent_eq12` is not every prior space's
+    assert ld3m_params.learning_rate(params, "dm", "no_residual") == 0.05  # `latent_eq12` is not every prior space's
     distilled, _, state, _, gradients = run(ipc=1, variant="eq12", params=params)
     assert distilled.meta["set"] == "ld3m_dm_latent_eq12_ipc1" and distilled.meta["variant"] == "eq12"
     assert set(distilled.meta["sensitivity"]) == {"init_psnr_db", "init_grad_norm_latents", "init_grad_norm_noise",
@@ -218,7 +219,7 @@ def test_a_run_with_a_variant_is_its_own_set_with_its_own_rate():
 ])
 def test_a_bad_run_variant_is_refused_naming_the_valid_ones(space, variant, message):
     with pytest.raises(ValueError, match=message):
-        nodes.check_run("dm", space, variant)
+        ld3m_params.check_run("dm", space, variant)
 
 
 def test_dc_schedule_is_explicit_per_kind_of_space_in_conf_base():
@@ -229,10 +230,10 @@ def test_dc_schedule_is_explicit_per_kind_of_space_in_conf_base():
     assert paper["sampler"]["variant"] == "reference"
     params = {**PARAMS, "dc": {"batch_real": 4, "schedule": conf["dc"]["schedule"]}}
     for space, loops in (("latent", (1, 1)), ("condition_only", (1, 1)), ("pixel", (10, 50))):
-        config = nodes.ld3m_config(params, train_set(per_class=10), "cpu", objective="dc", space=space, ipc=10)
+        config = ld3m_params.ld3m_config(params, train_set(per_class=10), "cpu", objective="dc", space=space, ipc=10)
         assert config.dc_config().loops(10) == loops
     with pytest.raises(ValueError, match=r"ld3m.dc.schedule has keys \['latent'\]"):
-        nodes.dc_schedule({"dc": {"schedule": {"latent": "glad"}}}, "latent")
+        ld3m_params.dc_schedule({"dc": {"schedule": {"latent": "glad"}}}, "latent")
 
 
 def test_rolling_snr_is_rolling_mean_over_rolling_std():

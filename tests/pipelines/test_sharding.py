@@ -9,7 +9,7 @@ from diffdistill.data.bundle import TensorBundle
 from diffdistill.distill.ld3m import computed_classes
 from diffdistill.pipelines import sharding
 from diffdistill.pipelines.gaussians.nodes import fit_gaussians_classes, fit_noise_gaussians, merge_gaussian_parts
-from diffdistill.pipelines.ld3m.nodes import merge_histories
+from diffdistill.pipelines.ld3m.records import merge_histories
 from diffdistill.pipelines.sharding import check_parts_cover, class_range, class_ranges, shard_namespace
 from tests.distill.test_ld3m import _config, _run
 

@@ -5,15 +5,10 @@ Which (objective, space) pairs exist is `ld3m.runs` in conf/base (read when the 
 
 from kedro.pipeline import Node, Pipeline
 
+from diffdistill.distill.ld3m import SPACE_SPECS
 from diffdistill.pipelines.common import base_parameters, bind, set_names
-from diffdistill.pipelines.ld3m.nodes import (
-    check_run,
-    distill_ld3m_classes,
-    distill_ld3m_set,
-    merge_ld3m_parts,
-    method_name,
-    set_name,
-)
+from diffdistill.pipelines.ld3m.nodes import distill_ld3m_classes, distill_ld3m_set, merge_ld3m_parts
+from diffdistill.pipelines.ld3m.params import check_run, method_name, set_name
 from diffdistill.pipelines.sharding import shard_copies, shard_count
 
 OUTPUTS = ["distilled_set", "distilled_grid", "ld3m_state", "ld3m_history", "ld3m_gradients"]
@@ -68,7 +63,7 @@ def create_pipeline(**kwargs) -> Pipeline:
     pipelines = []
     for objective, space, variant in ld3m_runs():
         inputs = {"train_set": "train_set", "params": "params:ld3m", "device": "params:device"}
-        if space != "pixel":
+        if SPACE_SPECS[space].uses_prior:
             inputs["prior_model"] = "prior_model"
         if objective == "mtt":
             inputs["expert_trajectories"] = "expert_trajectories"
