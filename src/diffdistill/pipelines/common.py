@@ -83,48 +83,6 @@ def classifier_from_bundle(bundle: Any, device: str = "cpu") -> Any:
     return model.to(device).eval()
 
 
-def check_params(params: Any, section: str, required: dict[str, Any], optional: dict[str, Any] | None = None) -> None:
-    """Node parameters at the boundary: every `required` key present, every given key of its kind.
-
-    Kinds: a type (`float` also takes ints; `bool` is never an int), a tuple of types (`None` allowed as a
-    member), or a one-element list `[kind]` for a list of that kind. Errors name `section.key` and the
-    conf files to change, instead of a bare KeyError or a TypeError from deep inside a layer.
-    """
-    if not isinstance(params, dict):
-        raise ValueError(f"parameters {section} must be a mapping, got {params!r}; fix conf/*/parameters*.yml")
-    missing = sorted(set(required) - set(params))
-    if missing:
-        raise ValueError(f"parameters {section} lack {missing}; add them to conf/base/parameters*.yml "
-                         "(or the run's environment)")
-    for key, kind in {**(optional or {}), **required}.items():
-        if key in params and not _is_kind(params[key], kind):
-            raise ValueError(f"parameter {section}.{key}={params[key]!r} must be {_kind_name(kind)}; "
-                             "change it in conf/*/parameters*.yml")
-
-
-def _is_kind(value: Any, kind: Any) -> bool:
-    if isinstance(kind, list):
-        return isinstance(value, list) and all(_is_kind(v, kind[0]) for v in value)
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    for k in kinds:
-        if k is None and value is None:
-            return True
-        if k is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True
-        if isinstance(k, type) and isinstance(value, k) and (k is bool or not isinstance(value, bool)):
-            return True
-    return False
-
-
-def _kind_name(kind: Any) -> str:
-    if isinstance(kind, list):
-        return f"a list of {_kind_name(kind[0])}"
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {int: "an int", float: "a number", str: "a string", bool: "true/false", dict: "a mapping",
-             list: "a list", None: "null"}
-    return " or ".join(names.get(k, getattr(k, "__name__", str(k))) for k in kinds)
-
-
 def check_classifier_fits(classifier: Any, split: Any, name: str, split_name: str) -> None:
     """Refuse a saved classifier (teacher / judge) made for other data than `split` (another run's version)."""
     meta = classifier.meta
