@@ -77,13 +77,13 @@ def test_random_bytes_named_png(tmp_path: Path, payload: bytes, split: str) -> N
     bad = root / split / "dog" / "broken.png"
     bad.write_bytes(payload)
     before = snapshot(root)
-    config = SourceConfig.from_dict({"name": "image_folder", "root": str(root), "image_size": 8,
+    config = SourceConfig.from_dict({"source": "image_folder", "root": str(root), "image_size": 8,
                                      "max_bad_fraction": 0.0})
     assert_clear_error(lambda: load_source(config), str(bad), "max_bad_fraction",
                        case="image_folder/random bytes named .png")
     assert snapshot(root) == before  # reading never touches the data
     # With tolerance the file is skipped and reported, never silently decoded into an image
-    tolerant = SourceConfig.from_dict({"name": "image_folder", "root": str(root), "image_size": 8,
+    tolerant = SourceConfig.from_dict({"source": "image_folder", "root": str(root), "image_size": 8,
                                        "max_bad_fraction": 0.5})
     train, test, report = load_source(tolerant)
     assert [s["path"] for s in report["skipped"]] == [str(bad)]
@@ -98,7 +98,7 @@ def test_truncated_image(tmp_path: Path, fraction: float, kind: str) -> None:
     data = _png_bytes(7) if kind == "png" else _jpeg_bytes(7)
     bad = root / "train" / "cat" / f"truncated.{kind}"
     bad.write_bytes(data[: int(len(data) * fraction)])
-    config = SourceConfig.from_dict({"name": "image_folder", "root": str(root), "image_size": 8,
+    config = SourceConfig.from_dict({"source": "image_folder", "root": str(root), "image_size": 8,
                                      "max_bad_fraction": 0.0})
     try:
         train, _, _ = load_source(config)
@@ -137,7 +137,7 @@ def test_truncated_or_corrupt_idx_file(tmp_path: Path, which: str, fraction: flo
     else:
         data = data[: int(len(data) * fraction)]
     path.write_bytes(data)
-    config = SourceConfig.from_dict({"name": "fashion_mnist", "root": str(root), "image_size": 32})
+    config = SourceConfig.from_dict({"source": "fashion_mnist", "root": str(root), "image_size": 32})
     assert_clear_error(lambda: load_source(config), str(path), case="fashion_mnist/truncated or corrupt IDX")
 
 

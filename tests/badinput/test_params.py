@@ -47,14 +47,14 @@ SOURCE_INT_FIELDS = ["image_size", "seed", "min_per_class", "min_test_per_class"
 @FAST
 @given(key=unknown_key(SOURCE_FIELDS))
 def test_source_unknown_key(key: str) -> None:
-    assert_clear_error(lambda: SourceConfig.from_dict({"name": "digits", key: 1}), key,
+    assert_clear_error(lambda: SourceConfig.from_dict({"source": "digits", key: 1}), key,
                        case="SourceConfig.from_dict/unknown key")
 
 
 @FAST
 @given(name=unknown_name(SOURCE_NAMES))
 def test_source_unknown_name(name: str) -> None:
-    assert_clear_error(lambda: SourceConfig.from_dict({"name": name}), "name", case="SourceConfig/unknown name")
+    assert_clear_error(lambda: SourceConfig.from_dict({"source": name}), "source", case="SourceConfig/unknown name")
 
 
 @FAST
@@ -64,14 +64,14 @@ def test_source_int_field_wrong_type(field: str, value) -> None:
         return
     if field == "image_size" and value is None:
         return
-    assert_clear_error(lambda: SourceConfig.from_dict({"name": "digits", field: value}), field,
+    assert_clear_error(lambda: SourceConfig.from_dict({"source": "digits", field: value}), field,
                        case="SourceConfig/int field wrong type")
 
 
 @FAST
 @given(size=st.one_of(st.integers(max_value=0), st.integers(1, 2048).filter(lambda s: s % 8 or s > 512)))
 def test_source_image_size_out_of_range(size: int) -> None:
-    assert_clear_error(lambda: SourceConfig.from_dict({"name": "digits", "image_size": size}), "image_size",
+    assert_clear_error(lambda: SourceConfig.from_dict({"source": "digits", "image_size": size}), "image_size",
                        case="SourceConfig/image_size out of range")
 
 
@@ -93,18 +93,18 @@ def test_source_other_fields_wrong_value(field: str, value) -> None:
     }
     if valid[field](value):
         return
-    params = {"name": "digits", "image_size": 16, field: value}
+    params = {"source": "digits", "image_size": 16, field: value}
     if field == "subset":  # meaningful only for the sources that read them
-        params.update(name="imagenet_subset", root="/nonexistent")
+        params.update(source="imagenet_subset", root="/nonexistent")
     if field == "root":
-        params["name"] = "image_folder"
+        params["source"] = "image_folder"
     assert_clear_error(lambda: load_source(SourceConfig.from_dict(params)), field,
                        case=f"SourceConfig/{field} wrong value")
 
 
 def test_source_missing_root(tmp_path) -> None:
     for name in ("image_folder", "cifar10", "fashion_mnist"):
-        config = SourceConfig.from_dict({"name": name, "root": str(tmp_path / "absent")})
+        config = SourceConfig.from_dict({"source": name, "root": str(tmp_path / "absent")})
         assert_clear_error(lambda config=config: load_source(config), "root", str(tmp_path / "absent"),
                            case=f"load_source/{name} missing root")
 

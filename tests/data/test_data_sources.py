@@ -56,7 +56,7 @@ def _bilinear_2x_reference(x: np.ndarray) -> np.ndarray:
 def test_digits_split_sizes_stratification_and_upsampling_maths() -> None:
     from sklearn.datasets import load_digits
 
-    train, test, report = load_source(SourceConfig(name="digits", image_size=16, seed=0))
+    train, test, report = load_source(SourceConfig(source="digits", image_size=16, seed=0))
     assert train.images.shape == (1347, 1, 16, 16) and test.images.shape == (450, 1, 16, 16)
     assert train.images.dtype == torch.uint8 and train.labels.dtype == torch.int64
     class_sizes = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
@@ -82,7 +82,7 @@ def test_digits_native_size_is_the_exact_rescale_and_rgb_repeats_grey() -> None:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    train, test, _ = load_source(SourceConfig(name="digits", image_size=8, channels=3, test_size=0.25))
+    train, test, _ = load_source(SourceConfig(source="digits", image_size=8, channels=3, test_size=0.25))
     assert len(test) == 450  # ceil(0.25 · 1797)
     every_image = torch.cat([train.images, test.images])
     assert torch.equal(every_image[:, 0], every_image[:, 1]) and torch.equal(every_image[:, 0], every_image[:, 2])
@@ -91,16 +91,16 @@ def test_digits_native_size_is_the_exact_rescale_and_rgb_repeats_grey() -> None:
 
 
 def test_digits_same_seed_same_bytes_other_seed_other_split() -> None:
-    a_train, a_test, _ = load_source(SourceConfig(name="digits", seed=3))
-    b_train, b_test, _ = load_source(SourceConfig(name="digits", seed=3))
-    c_train, _, _ = load_source(SourceConfig(name="digits", seed=4))
+    a_train, a_test, _ = load_source(SourceConfig(source="digits", seed=3))
+    b_train, b_test, _ = load_source(SourceConfig(source="digits", seed=3))
+    c_train, _, _ = load_source(SourceConfig(source="digits", seed=4))
     assert _bytes(a_train) == _bytes(b_train) and _bytes(a_test) == _bytes(b_test)
     assert _bytes(a_train) != _bytes(c_train)
 
 
 def test_max_per_class_keeps_a_seeded_subset_without_moving_the_test_split() -> None:
-    full_train, full_test, _ = load_source(SourceConfig(name="digits", seed=1))
-    train, test, report = load_source(SourceConfig(name="digits", seed=1, max_per_class=5))
+    full_train, full_test, _ = load_source(SourceConfig(source="digits", seed=1))
+    train, test, report = load_source(SourceConfig(source="digits", seed=1, max_per_class=5))
     assert torch.bincount(train.labels).tolist() == [5] * 10
     assert _bytes(test) == _bytes(full_test)
     keep = cap_per_class(full_train.labels, 5, make_generator(1, "cap-train"))
@@ -135,13 +135,13 @@ def _fake_fashion(root: Path, *, compress: bool = True) -> dict[str, np.ndarray]
 def test_fashion_mnist_idx_round_trip_and_resize(tmp_path: Path, compress: bool) -> None:
     arrays = _fake_fashion(tmp_path, compress=compress)
     train, test, report = load_source(
-        SourceConfig(name="fashion_mnist", root=str(tmp_path), image_size=28, image_size_multiple=4)
+        SourceConfig(source="fashion_mnist", root=str(tmp_path), image_size=28, image_size_multiple=4)
     )
     assert np.array_equal(train.images[:, 0].numpy(), arrays["train-images-idx3-ubyte"])
     assert np.array_equal(test.labels.numpy(), arrays["t10k-labels-idx1-ubyte"])
     assert train.class_names == FASHION_MNIST_CLASSES and report["counts"]["train"]["Ankle boot"] == 2
 
-    train32, _, _ = load_source(SourceConfig(name="fashion_mnist", root=str(tmp_path)))  # default 32 px
+    train32, _, _ = load_source(SourceConfig(source="fashion_mnist", root=str(tmp_path)))  # default 32 px
     reference = F.interpolate(
         torch.from_numpy(arrays["train-images-idx3-ubyte"]).float()[:, None],
         size=(32, 32),
@@ -173,15 +173,15 @@ def test_fashion_mnist_label_file_must_match_the_images(tmp_path: Path) -> None:
     _fake_fashion(tmp_path)
     _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(9, np.uint8))
     with pytest.raises(ValueError, match="must hold 10 uint8 labels"):
-        load_source(SourceConfig(name="fashion_mnist", root=str(tmp_path)))
+        load_source(SourceConfig(source="fashion_mnist", root=str(tmp_path)))
     (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(ValueError, match="lacks t10k-labels-idx1-ubyte"):
-        load_source(SourceConfig(name="fashion_mnist", root=str(tmp_path)))
+        load_source(SourceConfig(source="fashion_mnist", root=str(tmp_path)))
 
 
 @pytest.mark.skipif(not FASHION_ROOT.is_dir(), reason="Debian package dataset-fashion-mnist is not installed")
 def test_real_fashion_mnist_from_the_debian_package() -> None:
-    train, test, report = load_source(SourceConfig(name="fashion_mnist", max_per_class=30, max_test_per_class=10))
+    train, test, report = load_source(SourceConfig(source="fashion_mnist", max_per_class=30, max_test_per_class=10))
     assert train.images.shape == (300, 1, 32, 32) and test.images.shape == (100, 1, 32, 32)
     assert report["counts"]["test"] == {name: 10 for name in FASHION_MNIST_CLASSES}
     raw_images = read_idx(FASHION_ROOT / "train-images-idx3-ubyte.gz")
@@ -214,7 +214,7 @@ def _write_fake_cifar(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def test_cifar10_binary_folder(tmp_path: Path) -> None:
     batches = _write_fake_cifar(tmp_path)
     train, test, report = load_source(
-        SourceConfig(name="cifar10", root=str(tmp_path), min_per_class=0, min_test_per_class=0)
+        SourceConfig(source="cifar10", root=str(tmp_path), min_per_class=0, min_test_per_class=0)
     )
     assert train.images.shape == (20, 3, 32, 32) and test.images.shape == (6, 3, 32, 32)
     first = batches["data_batch_1.bin"][1][0]
@@ -225,7 +225,7 @@ def test_cifar10_binary_folder(tmp_path: Path) -> None:
 
     grey, _, _ = load_source(
         SourceConfig(
-            name="cifar10", root=str(tmp_path), channels=1, image_size=16, min_per_class=0, min_test_per_class=0
+            source="cifar10", root=str(tmp_path), channels=1, image_size=16, min_per_class=0, min_test_per_class=0
         )
     )
     rgb = train.images.to(torch.int64)
@@ -239,25 +239,25 @@ def test_cifar10_truncated_batch_or_bad_labels_are_named(tmp_path: Path) -> None
     path = tmp_path / "data_batch_3.bin"
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(ValueError, match=r"data_batch_3\.bin.*not a whole number of 3073-byte records"):
-        load_source(SourceConfig(name="cifar10", root=str(tmp_path)))
+        load_source(SourceConfig(source="cifar10", root=str(tmp_path)))
     _write_fake_cifar(tmp_path)
     raw = bytearray(path.read_bytes())
     raw[0] = 42
     path.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match=r"labels outside 0\.\.9"):
-        load_source(SourceConfig(name="cifar10", root=str(tmp_path)))
+        load_source(SourceConfig(source="cifar10", root=str(tmp_path)))
 
 
 def test_cifar10_incomplete_or_unknown_folder(tmp_path: Path) -> None:
     _write_fake_cifar(tmp_path)
     (tmp_path / "data_batch_4.bin").unlink()
     with pytest.raises(ValueError, match=r"lacks \['data_batch_4.bin'\]"):
-        load_source(SourceConfig(name="cifar10", root=str(tmp_path)))
+        load_source(SourceConfig(source="cifar10", root=str(tmp_path)))
     other = tmp_path / "other"
     other.mkdir()
     (other / "data_batch_1").write_bytes(b"\x80\x02}q\x00.")  # the python (pickle) version is not read
     with pytest.raises(ValueError, match="neither the binary batches.*binary version"):
-        load_source(SourceConfig(name="cifar10", root=str(other)))
+        load_source(SourceConfig(source="cifar10", root=str(other)))
 
 
 @pytest.mark.shared_data
@@ -265,7 +265,7 @@ def test_cifar10_jpeg_npz_from_shared_data(shared_data: Path) -> None:
     root = shared_data / "cifar10"
     if not (root / "cifar10_jpeg.npz").is_file():
         pytest.skip("shared/data/cifar10/cifar10_jpeg.npz is absent")
-    config = SourceConfig(name="cifar10", root=str(root), max_per_class=6, max_test_per_class=3, seed=5)
+    config = SourceConfig(source="cifar10", root=str(root), max_per_class=6, max_test_per_class=3, seed=5)
     train, test, report = load_source(config)
     assert train.images.shape == (60, 3, 32, 32) and test.images.shape == (30, 3, 32, 32)
     assert report["counts"]["test"] == {name: 3 for name in CIFAR10_CLASSES} and "lossy" in report["cifar10_format"]
@@ -339,7 +339,7 @@ def _write_mixed_tree(root: Path) -> None:
 def test_image_folder_converts_modes_and_reports_skipped_files(tmp_path: Path) -> None:
     _write_mixed_tree(tmp_path)
     train, test, report = load_source(
-        SourceConfig(name="image_folder", root=str(tmp_path), image_size=16, max_bad_fraction=0.5)
+        SourceConfig(source="image_folder", root=str(tmp_path), image_size=16, max_bad_fraction=0.5)
     )
     assert train.class_names == ["cat", "dog"] and train.meta["channels"] == 3
     assert report["counts"] == {"train": {"cat": 8, "dog": 2}, "test": {"cat": 2, "dog": 2}}
@@ -362,7 +362,7 @@ def test_image_folder_converts_modes_and_reports_skipped_files(tmp_path: Path) -
 
 def test_image_folder_grey_output_and_test_dir_alias(tmp_path: Path) -> None:
     _write_tree(tmp_path, ["a", "b", "c"], 3, splits=("train", "test"))
-    train, test, report = load_source(SourceConfig(name="image_folder", root=str(tmp_path), image_size=8, channels=1))
+    train, test, report = load_source(SourceConfig(source="image_folder", root=str(tmp_path), image_size=8, channels=1))
     assert train.images.shape == (9, 1, 8, 8) and report["splits"] == {"train": "train", "test": "test"}
     expected = [(k * 20 + 5, 100, 200) for k in range(3)]
     assert train.images[::3, 0, 4, 4].tolist() == [
@@ -376,31 +376,31 @@ def test_image_folder_too_many_bad_files_names_folder_and_fraction(tmp_path: Pat
         ValueError,
         match=r"split folder '.*train': at least 1 of its 14 files \(7\.14%\) are unreadable, more than max_bad_fraction=0\.01",
     ):
-        load_source(SourceConfig(name="image_folder", root=str(tmp_path), image_size=16))
+        load_source(SourceConfig(source="image_folder", root=str(tmp_path), image_size=16))
 
 
 def test_image_folder_class_below_min_per_class(tmp_path: Path) -> None:
     _write_tree(tmp_path, ["a", "b"], 3)
     (tmp_path / "train" / "b" / "img0.png").unlink()
     with pytest.raises(ValueError, match=r"train split: class\(es\) \{'b': 2\} have fewer than min_per_class=3"):
-        load_source(SourceConfig(name="image_folder", root=str(tmp_path), image_size=8, min_per_class=3))
+        load_source(SourceConfig(source="image_folder", root=str(tmp_path), image_size=8, min_per_class=3))
     for f in (tmp_path / "val" / "a").iterdir():
         f.unlink()
     with pytest.raises(ValueError, match=r"test split: class\(es\) \{'a': 0\}.*min_test_per_class=1"):
-        load_source(SourceConfig(name="image_folder", root=str(tmp_path), image_size=8))
+        load_source(SourceConfig(source="image_folder", root=str(tmp_path), image_size=8))
 
 
 def test_image_folder_layout_errors(tmp_path: Path) -> None:
     _write_tree(tmp_path, ["a", "b"], 1, splits=("train", "val", "test"))
-    with pytest.raises(ValueError, match="set SourceConfig.test_split"):
-        load_source(SourceConfig(name="image_folder", root=str(tmp_path), image_size=8))
-    train, test, _ = load_source(SourceConfig(name="image_folder", root=str(tmp_path), image_size=8, test_split="test"))
+    with pytest.raises(ValueError, match="set preprocess.test_split"):
+        load_source(SourceConfig(source="image_folder", root=str(tmp_path), image_size=8))
+    train, test, _ = load_source(SourceConfig(source="image_folder", root=str(tmp_path), image_size=8, test_split="test"))
     assert len(train) == 2 and len(test) == 2
     (tmp_path / "val" / "zebra").mkdir()
     with pytest.raises(ValueError, match=r"class folder\(s\) \['zebra'\] that train/ lacks"):
-        load_source(SourceConfig(name="image_folder", root=str(tmp_path), image_size=8, test_split="val"))
+        load_source(SourceConfig(source="image_folder", root=str(tmp_path), image_size=8, test_split="val"))
     with pytest.raises(ValueError, match="has no train/ folder"):
-        load_source(SourceConfig(name="image_folder", root=str(tmp_path / "val"), image_size=8))
+        load_source(SourceConfig(source="image_folder", root=str(tmp_path / "val"), image_size=8))
 
 
 def test_image_folder_max_per_class_is_seeded(tmp_path: Path) -> None:
@@ -409,7 +409,7 @@ def test_image_folder_max_per_class_is_seeded(tmp_path: Path) -> None:
         Image.new("RGB", (20, 20), (i * 30, i, 7)).save(tmp_path / "train" / "a" / f"img{i}.png")
 
     def config(seed: int) -> SourceConfig:
-        return SourceConfig(name="image_folder", root=str(tmp_path), image_size=8, max_per_class=3, seed=seed)
+        return SourceConfig(source="image_folder", root=str(tmp_path), image_size=8, max_per_class=3, seed=seed)
 
     a, b = load_source(config(0))[0], load_source(config(0))[0]
     assert _bytes(a) == _bytes(b)
@@ -428,7 +428,7 @@ def test_imagenet_subset_reads_the_subset_wnids_in_label_order(tmp_path: Path) -
     _write_tree(tmp_path, [w for w, _, _ in woof], 2, colour_of=lambda k: (k * 20 + 5, 0, 0))
     _write_tree(tmp_path, ["n01440764"], 2)  # a class outside the subset is ignored
     train, test, report = load_source(
-        SourceConfig(name="imagenet_subset", root=str(tmp_path), subset="imagewoof", image_size=8)
+        SourceConfig(source="imagenet_subset", root=str(tmp_path), subset="imagewoof", image_size=8)
     )
     assert train.class_names == [name for _, _, name in woof] and train.class_names[0] == "Australian terrier"
     assert train.meta["wnids"] == [w for w, _, _ in woof] and train.meta["subset"] == "imagewoof"
@@ -445,19 +445,19 @@ def test_imagenet_subset_missing_wnid_folder(tmp_path: Path) -> None:
     wnids = [w for w, _, _ in SUBSETS["imagenette"]]
     _write_tree(tmp_path, wnids[:-1], 1)
     with pytest.raises(ValueError, match=rf"lacks class folder\(s\) \['{wnids[-1]}'\]"):
-        load_source(SourceConfig(name="imagenet_subset", root=str(tmp_path), subset="imagenette", image_size=8))
+        load_source(SourceConfig(source="imagenet_subset", root=str(tmp_path), subset="imagenette", image_size=8))
 
 
 # ----------------------------------------------------------------------------- configuration errors
 
 
 def test_unknown_source_and_subset_list_the_valid_names() -> None:
-    with pytest.raises(ValueError, match=r"name='mnist' is not a known source; use one of \['digits'"):
-        SourceConfig(name="mnist")
+    with pytest.raises(ValueError, match=r"source='mnist' is not a known source; use one of \['digits'"):
+        SourceConfig(source="mnist")
     with pytest.raises(ValueError, match=r"subset='imagenet-z'.*\['imagenet-a', 'imagenet-b'.*'imagewoof'\]"):
-        SourceConfig(name="imagenet_subset", root="/tmp", subset="imagenet-z")
+        SourceConfig(source="imagenet_subset", root="/tmp", subset="imagenet-z")
     with pytest.raises(ValueError, match=r"subset=None"):
-        SourceConfig(name="imagenet_subset", root="/tmp")
+        SourceConfig(source="imagenet_subset", root="/tmp")
     assert set(SOURCE_NAMES) == {"digits", "fashion_mnist", "cifar10", "image_folder", "imagenet_subset"}
 
 
@@ -482,44 +482,44 @@ def test_unknown_source_and_subset_list_the_valid_names() -> None:
 )
 def test_bad_configuration_values(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        SourceConfig(name="digits", **kwargs)
+        SourceConfig(source="digits", **kwargs)
 
 
 def test_image_size_rule_follows_the_configured_multiple_and_defaults() -> None:
-    assert SourceConfig(name="fashion_mnist", image_size=28, image_size_multiple=4).resolved_image_size == 28
-    assert SourceConfig(name="image_folder", root="/x", allowed_image_sizes=[128, 256]).resolved_image_size == 128
-    assert SourceConfig(name="digits").resolved_image_size == 16
+    assert SourceConfig(source="fashion_mnist", image_size=28, image_size_multiple=4).resolved_image_size == 28
+    assert SourceConfig(source="image_folder", root="/x", allowed_image_sizes=[128, 256]).resolved_image_size == 128
+    assert SourceConfig(source="digits").resolved_image_size == 16
 
 
 def test_digits_test_size_out_of_range() -> None:
     for bad in (5, 1790, 1.0, True):
         with pytest.raises(ValueError, match="test_size"):
-            load_source(SourceConfig(name="digits", test_size=bad))
+            load_source(SourceConfig(source="digits", test_size=bad))
 
 
 def test_missing_empty_or_unset_root(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"root is required for source 'image_folder'"):
-        SourceConfig(name="image_folder")
-    with pytest.raises(ValueError, match=r"data root '.*nowhere' \(SourceConfig.root\) does not exist"):
-        load_source(SourceConfig(name="image_folder", root=str(tmp_path / "nowhere")))
-    with pytest.raises(ValueError, match=r"data root '.*' \(SourceConfig.root\) is empty"):
-        load_source(SourceConfig(name="cifar10", root=str(tmp_path)))
+        SourceConfig(source="image_folder")
+    with pytest.raises(ValueError, match=r"data root '.*nowhere' \(preprocess.root\) does not exist"):
+        load_source(SourceConfig(source="image_folder", root=str(tmp_path / "nowhere")))
+    with pytest.raises(ValueError, match=r"data root '.*' \(preprocess.root\) is empty"):
+        load_source(SourceConfig(source="cifar10", root=str(tmp_path)))
     (tmp_path / "train" / "a").mkdir(parents=True)
     (tmp_path / "train" / "b").mkdir(parents=True)
     (tmp_path / "val" / "a").mkdir(parents=True)
     (tmp_path / "val" / "b").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"split folder '.*train' holds no files.*it is empty"):
-        load_source(SourceConfig(name="image_folder", root=str(tmp_path), image_size=8))
+        load_source(SourceConfig(source="image_folder", root=str(tmp_path), image_size=8))
 
 
 def test_from_dict_names_unknown_parameters() -> None:
-    assert SourceConfig.from_dict({"name": "digits", "image_size": 8}).image_size == 8
-    with pytest.raises(ValueError, match=r"unknown source parameter\(s\) \['imgsize'\]; valid ones are"):
-        SourceConfig.from_dict({"name": "digits", "imgsize": 8})
+    assert SourceConfig.from_dict({"source": "digits", "image_size": 8}).image_size == 8
+    with pytest.raises(ValueError, match=r"unknown key preprocess.imgsize; valid keys: allowed_image_sizes"):
+        SourceConfig.from_dict({"source": "digits", "imgsize": 8})
 
 
 def test_bundles_meta_is_the_interface_contract() -> None:
-    train, test, report = load_source(SourceConfig(name="digits", image_size=8, max_per_class=2, max_test_per_class=1))
+    train, test, report = load_source(SourceConfig(source="digits", image_size=8, max_per_class=2, max_test_per_class=1))
     for bundle, split in ((train, "train"), (test, "test")):
         assert set(bundle.tensors) == {"images", "labels"}
         assert {"class_names", "source", "seed", "image_size", "channels"} <= set(bundle.meta)

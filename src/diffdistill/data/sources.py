@@ -1,6 +1,6 @@
 """Raw data sources -> train / test `TensorBundle`s of uint8 images, plus a data report.
 
-Sources (`SourceConfig.name`):
+Sources (`SourceConfig.source`, the YAML key `preprocess.source`):
 - `digits`: scikit-learn's bundled 8×8 digits (0..16); seeded stratified split.
 - `fashion_mnist`: the four IDX files (gzip or plain) of Fashion-MNIST.
 - `cifar10`: the official binary version (`cifar-10-batches-bin`: data_batch_1..5.bin,
@@ -36,6 +36,7 @@ from PIL import Image
 
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.data.images import DECODE_ERRORS, describe_error, list_image_files, read_images
+from diffdistill.config import build
 from diffdistill.rng import named_seed
 
 SOURCE_NAMES = ("digits", "fashion_mnist", "cifar10", "image_folder", "imagenet_subset")
@@ -66,7 +67,9 @@ DIGITS_CLASSES = [str(d) for d in range(10)]
 
 @dataclass
 class SourceConfig:
-    name: str = "digits"
+    """`preprocess`: which raw source to read and how to size it; checked once, here (`__post_init__`)."""
+
+    source: str = "digits"
     root: str | None = None  # data folder (or the cifar10 .npz file); digits needs none
     image_size: int | None = None  # None: DEFAULT_IMAGE_SIZE[name]
     channels: int | None = None  # 1, 3, or None for the source's native channels
@@ -84,24 +87,24 @@ class SourceConfig:
     allowed_image_sizes: tuple[int, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        if self.name not in SOURCE_NAMES:
-            raise ValueError(f"SourceConfig.name={self.name!r} is not a known source; use one of {list(SOURCE_NAMES)}")
+        if self.source not in SOURCE_NAMES:
+            raise ValueError(f"preprocess.source={self.source!r} is not a known source; use one of {list(SOURCE_NAMES)}")
         if not isinstance(self.allowed_image_sizes, (list, tuple)) or any(
             isinstance(s, bool) or not isinstance(s, int) for s in self.allowed_image_sizes
         ):
             raise ValueError(
-                f"SourceConfig.allowed_image_sizes={self.allowed_image_sizes!r} must be a list of ints (or empty)"
+                f"preprocess.allowed_image_sizes={self.allowed_image_sizes!r} must be a list of ints (or empty)"
             )
         self.allowed_image_sizes = tuple(self.allowed_image_sizes)
         if self.root is not None and not isinstance(self.root, (str, Path)):
-            raise ValueError(f"SourceConfig.root={self.root!r} must be a folder path (a string) or None")
+            raise ValueError(f"preprocess.root={self.root!r} must be a folder path (a string) or None")
         if isinstance(self.test_size, bool) or not isinstance(self.test_size, (int, float)):
-            raise ValueError(f"SourceConfig.test_size={self.test_size!r} must be an int (images) or a float fraction")
+            raise ValueError(f"preprocess.test_size={self.test_size!r} must be an int (images) or a float fraction")
         _check_int("image_size_multiple", self.image_size_multiple, minimum=1)
         _check_int("max_image_size", self.max_image_size, minimum=1)
         _check_image_size(self.resolved_image_size, self)
         if self.channels is not None and (type(self.channels) is not int or self.channels not in (1, 3)):
-            raise ValueError(f"SourceConfig.channels={self.channels!r}: use 1 (grey), 3 (RGB) or None (native)")
+            raise ValueError(f"preprocess.channels={self.channels!r}: use 1 (grey), 3 (RGB) or None (native)")
         _check_int("seed", self.seed, minimum=0)
         _check_int("min_per_class", self.min_per_class, minimum=0)
         _check_int("min_test_per_class", self.min_test_per_class, minimum=0)
@@ -110,7 +113,7 @@ class SourceConfig:
                 _check_int(name, getattr(self, name), minimum=1)
         if self.max_per_class is not None and self.max_per_class < self.min_per_class:
             raise ValueError(
-                f"SourceConfig.max_per_class={self.max_per_class} is below min_per_class={self.min_per_class}; "
+                f"preprocess.max_per_class={self.max_per_class} is below min_per_class={self.min_per_class}; "
                 "raise max_per_class or lower min_per_class"
             )
         if (
@@ -118,40 +121,36 @@ class SourceConfig:
             or not isinstance(self.max_bad_fraction, (int, float))
             or not 0.0 <= self.max_bad_fraction < 1.0
         ):
-            raise ValueError(f"SourceConfig.max_bad_fraction={self.max_bad_fraction!r} must be in [0, 1)")
+            raise ValueError(f"preprocess.max_bad_fraction={self.max_bad_fraction!r} must be in [0, 1)")
         if self.test_split not in (None, "val", "test"):
-            raise ValueError(f"SourceConfig.test_split={self.test_split!r}: use 'val', 'test' or None (auto)")
-        if self.name == "imagenet_subset":
+            raise ValueError(f"preprocess.test_split={self.test_split!r}: use 'val', 'test' or None (auto)")
+        if self.source == "imagenet_subset":
             _subset_classes(self.subset)  # fail at configuration time on a bad subset name
-        if self.root is None and self.name != "digits" and self.name not in DEFAULT_ROOT:
-            raise ValueError(f"SourceConfig.root is required for source {self.name!r}: set it to the data folder")
+        if self.root is None and self.source != "digits" and self.source not in DEFAULT_ROOT:
+            raise ValueError(f"preprocess.root is required for source {self.source!r}: set it to the data folder")
 
     @property
     def resolved_image_size(self) -> int:
-        return DEFAULT_IMAGE_SIZE[self.name] if self.image_size is None else self.image_size
+        return DEFAULT_IMAGE_SIZE[self.source] if self.image_size is None else self.image_size
 
     @property
     def resolved_channels(self) -> int:
-        return NATIVE_CHANNELS[self.name] if self.channels is None else self.channels
+        return NATIVE_CHANNELS[self.source] if self.channels is None else self.channels
 
     @property
     def resolved_root(self) -> Path | None:
-        root = self.root if self.root is not None else DEFAULT_ROOT.get(self.name)
+        root = self.root if self.root is not None else DEFAULT_ROOT.get(self.source)
         return None if root is None else Path(root).expanduser()
 
     @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> SourceConfig:
-        """Build from a parameters mapping, naming unknown keys instead of a TypeError."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"unknown source parameter(s) {unknown}; valid ones are {sorted(known)}")
-        return cls(**params)
+    def from_dict(cls, params: dict[str, Any], path: str = "preprocess") -> SourceConfig:
+        """Build from the `preprocess` parameters (`diffdistill.config`: unknown keys and wrong types named)."""
+        return build(cls, params, path)
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"SourceConfig.{name}={value!r} must be an integer >= {minimum}")
+        raise ValueError(f"preprocess.{name}={value!r} must be an integer >= {minimum}")
 
 
 def _check_image_size(size: Any, config: SourceConfig) -> None:
@@ -160,15 +159,15 @@ def _check_image_size(size: Any, config: SourceConfig) -> None:
         f"and at most max_image_size={config.max_image_size}"
     )
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise ValueError(f"SourceConfig.image_size={size!r} must be {rule}")
+        raise ValueError(f"preprocess.image_size={size!r} must be {rule}")
     if size % config.image_size_multiple != 0 or size > config.max_image_size:
         raise ValueError(
-            f"SourceConfig.image_size={size} is not accepted: it must be {rule} "
+            f"preprocess.image_size={size} is not accepted: it must be {rule} "
             "(lower image_size_multiple to allow other sizes)"
         )
     if config.allowed_image_sizes and size not in config.allowed_image_sizes:
         raise ValueError(
-            f"SourceConfig.image_size={size} is not in allowed_image_sizes={list(config.allowed_image_sizes)}"
+            f"preprocess.image_size={size} is not in allowed_image_sizes={list(config.allowed_image_sizes)}"
         )
 
 
@@ -176,7 +175,7 @@ def _subset_classes(subset: str | None) -> list[tuple[str, int, str]]:
     from diffdistill.data.imagenet_subsets import SUBSETS  # only this source needs it
 
     if not isinstance(subset, str) or subset not in SUBSETS:
-        raise ValueError(f"SourceConfig.subset={subset!r} is not a known ImageNet subset; use one of {sorted(SUBSETS)}")
+        raise ValueError(f"preprocess.subset={subset!r} is not a known ImageNet subset; use one of {sorted(SUBSETS)}")
     return list(SUBSETS[subset])
 
 
@@ -210,9 +209,9 @@ def load_source(config: SourceConfig) -> tuple[TensorBundle, TensorBundle, dict[
         "image_folder": _read_image_folder,
         "imagenet_subset": _read_imagenet_subset,
     }
-    if config.name != "digits":
-        _check_root(config.resolved_root, ROOT_HINT.get(config.name, "set root to the data folder"))
-    raw = readers[config.name](config)
+    if config.source != "digits":
+        _check_root(config.resolved_root, ROOT_HINT.get(config.source, "set root to the data folder"))
+    raw = readers[config.source](config)
     counts = {
         "train": _class_counts(raw.train_labels, raw.class_names),
         "test": _class_counts(raw.test_labels, raw.class_names),
@@ -224,7 +223,7 @@ def load_source(config: SourceConfig) -> tuple[TensorBundle, TensorBundle, dict[
     meta = {
         "class_names": raw.class_names,
         "num_classes": len(raw.class_names),
-        "source": config.name,
+        "source": config.source,
         "seed": config.seed,
         "image_size": size,
         "channels": channels,
@@ -233,8 +232,8 @@ def load_source(config: SourceConfig) -> tuple[TensorBundle, TensorBundle, dict[
     train = TensorBundle({"images": raw.train_images, "labels": raw.train_labels}, {**meta, "split": "train"})
     test = TensorBundle({"images": raw.test_images, "labels": raw.test_labels}, {**meta, "split": "test"})
     report = {
-        "source": config.name,
-        "root": None if config.name == "digits" else str(config.resolved_root),
+        "source": config.source,
+        "root": None if config.source == "digits" else str(config.resolved_root),
         "seed": config.seed,
         "image_size": size,
         "channels": channels,
@@ -249,9 +248,9 @@ def load_source(config: SourceConfig) -> tuple[TensorBundle, TensorBundle, dict[
 
 def _check_root(root: Path, hint: str) -> None:
     if not root.exists():
-        raise ValueError(f"data root {str(root)!r} (SourceConfig.root) does not exist; {hint}")
+        raise ValueError(f"data root {str(root)!r} (preprocess.root) does not exist; {hint}")
     if root.is_dir() and not any(root.iterdir()):
-        raise ValueError(f"data root {str(root)!r} (SourceConfig.root) is empty; {hint}")
+        raise ValueError(f"data root {str(root)!r} (preprocess.root) is empty; {hint}")
 
 
 def _class_counts(labels: torch.Tensor, class_names: list[str]) -> dict[str, int]:
@@ -384,7 +383,7 @@ def _read_digits(config: SourceConfig) -> RawSplits:
     test_size = config.test_size
     if isinstance(test_size, float) and not isinstance(test_size, bool):
         if not 0.0 < test_size < 1.0:
-            raise ValueError(f"SourceConfig.test_size={test_size} as a fraction must be in (0, 1)")
+            raise ValueError(f"preprocess.test_size={test_size} as a fraction must be in (0, 1)")
         test_size = math.ceil(test_size * total)
     if (
         isinstance(test_size, bool)
@@ -392,7 +391,7 @@ def _read_digits(config: SourceConfig) -> RawSplits:
         or not num_classes <= test_size <= total - num_classes
     ):
         raise ValueError(
-            f"SourceConfig.test_size={config.test_size!r} must be an integer in [{num_classes}, {total - num_classes}] "
+            f"preprocess.test_size={config.test_size!r} must be an integer in [{num_classes}, {total - num_classes}] "
             "or a fraction in (0, 1), so every class keeps train and test images"
         )
     train_idx, test_idx = stratified_split(labels, test_size, make_generator(config.seed, "digits-split"))
@@ -584,13 +583,13 @@ def _split_dirs(root: Path, test_split: str | None) -> tuple[Path, Path]:
     if test_split is not None:
         test_dir = root / test_split
         if not test_dir.is_dir():
-            raise ValueError(f"image folder root {str(root)!r} has no {test_split}/ folder (SourceConfig.test_split)")
+            raise ValueError(f"image folder root {str(root)!r} has no {test_split}/ folder (preprocess.test_split)")
         return train_dir, test_dir
     present = [name for name in ("val", "test") if (root / name).is_dir()]
     if len(present) != 1:
         raise ValueError(
             f"image folder root {str(root)!r} has {present or 'neither val/ nor test/'} as test split; "
-            "it needs exactly one, or set SourceConfig.test_split to 'val' or 'test'"
+            "it needs exactly one, or set preprocess.test_split to 'val' or 'test'"
         )
     return train_dir, root / present[0]
 
@@ -623,7 +622,7 @@ def read_folder_split(
         raise ValueError(
             f"split folder {str(split_dir)!r}: at least {len(skipped)} of its {len(files)} files "
             f"({len(skipped) / len(files):.2%}) are unreadable, more than max_bad_fraction={config.max_bad_fraction} "
-            f"allows, e.g. {examples}; remove or repair them, or raise SourceConfig.max_bad_fraction"
+            f"allows, e.g. {examples}; remove or repair them, or raise preprocess.max_bad_fraction"
         )
     labels = torch.tensor([file_labels[i] for i in kept], dtype=torch.int64)
     return images, labels, skipped_report, modes

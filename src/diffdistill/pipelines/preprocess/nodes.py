@@ -5,19 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from diffdistill.data.bundle import TensorBundle
-from diffdistill.data.sources import SOURCE_NAMES, SourceConfig, load_source
+from diffdistill.data.sources import SourceConfig, load_source
 from diffdistill.pipelines.common import as_mlflow_metrics
 
 
 def load_raw_source(params: dict[str, Any]) -> tuple[TensorBundle, TensorBundle, dict[str, Any]]:
     """Read the configured raw source into uint8 N×C×H×W tensors plus a data report."""
-    if not isinstance(params, dict) or params.get("source") not in SOURCE_NAMES:
-        source = params.get("source") if isinstance(params, dict) else params
-        raise ValueError(f"preprocess.source={source!r} is not a known source; set it to one of {list(SOURCE_NAMES)}")
-    config = dict(params)
-    config["name"] = config.pop("source")
-    train, test, report = load_source(SourceConfig.from_dict(config))
-    return train, test, report
+    return load_source(SourceConfig.from_dict(params))
 
 
 def summarise_report(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
