@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from diffdistill.evaluation import PROTOCOL_NAMES, ProtocolConfig, get_protocol, lr_at
+from diffdistill.evaluation import PROTOCOL_NAMES, get_protocol, lr_at
 
 
 def test_named_protocols_carry_the_reference_settings() -> None:

@@ -25,7 +25,7 @@ import gzip
 import io
 import math
 import struct
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from diffdistill.config import build
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.data.images import DECODE_ERRORS, describe_error, list_image_files, read_images
-from diffdistill.config import build
 from diffdistill.rng import named_seed
 
 SOURCE_NAMES = ("digits", "fashion_mnist", "cifar10", "image_folder", "imagenet_subset")
@@ -69,7 +69,7 @@ DIGITS_CLASSES = [str(d) for d in range(10)]
 class SourceConfig:
     """`preprocess`: which raw source to read and how to size it; checked once, here (`__post_init__`)."""
 
-    source: str = "digits"
+    source: str
     root: str | None = None  # data folder (or the cifar10 .npz file); digits needs none
     image_size: int | None = None  # None: DEFAULT_IMAGE_SIZE[name]
     channels: int | None = None  # 1, 3, or None for the source's native channels

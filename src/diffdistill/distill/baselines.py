@@ -23,7 +23,7 @@ FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 class BaselinesConfig:
     """`baselines`: the seed of the random subsets (IPC N draws with seed + 1000 N)."""
 
-    seed: int = 0
+    seed: int
 
 
 def _class_indices(real: TensorBundle, ipc: int) -> list[torch.Tensor]:

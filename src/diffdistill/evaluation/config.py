@@ -13,31 +13,39 @@ from diffdistill.evaluation.protocols import PROTOCOL_NAMES
 class TeacherConfig:
     """`teacher`: one classifier on the real train split (soft labels, herding features, fidelity judge)."""
 
-    arch: str = "convnet"
-    protocol: str = option("dc", choices=PROTOCOL_NAMES)
+    arch: str
+    protocol: str = option(choices=PROTOCOL_NAMES)
+    seed: int
     protocol_overrides: dict[str, Any] = field(default_factory=dict)  # ProtocolConfig fields
-    seed: int = 0
 
 
 @dataclass
 class FullDataConfig:
     """`evaluate.full_data`: the upper bound, the same architectures trained on the whole real train split."""
 
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int]
     protocol_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReportConfig:
+    """What the report reads of `evaluate`: the architecture columns and the unseen ones it averages."""
+
+    archs: list[str]
+    unseen_archs: list[str]
 
 
 @dataclass
 class EvaluateConfig:
     """`evaluate`: every set × architecture × seed trained from scratch, final-epoch test accuracy."""
 
-    methods: list[str] = field(default_factory=list)  # read when the graph is built (namespaces)
-    archs: list[str] = field(default_factory=lambda: ["convnet"])
-    unseen_archs: list[str] = field(default_factory=list)  # the headline "mean over unseen architectures"
-    protocol: str = option("dc", choices=PROTOCOL_NAMES)
+    archs: list[str]
+    unseen_archs: list[str]  # the headline "mean over unseen architectures"
+    protocol: str = option(choices=PROTOCOL_NAMES)
+    seeds: list[int]
+    full_data: FullDataConfig
     protocol_overrides: dict[str, Any] = field(default_factory=dict)  # ProtocolConfig fields
-    seeds: list[int] = field(default_factory=lambda: [0])
-    full_data: FullDataConfig = field(default_factory=FullDataConfig)
+    methods: list[str] = field(default_factory=list)  # read when the graph is built (namespaces)
 
     def check(self, path: str) -> None:
         if not self.archs:

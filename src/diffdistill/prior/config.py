@@ -120,24 +120,24 @@ class ComponentsConfig:
 class QualityConfig:
     """`prior.quality`: reconstruction PSNR on test images and class fidelity of generated samples."""
 
-    max_test_images: int = option(1000, min=1)
-    samples_per_class: int = option(50, min=1)
-    num_steps: int = option(50, min=1)
+    max_test_images: int = option(min=1)
+    samples_per_class: int = option(min=1)
+    num_steps: int = option(min=1)
+    seed: int
     guidance: float | None = None  # None: the prior's recorded default guidance
-    seed: int = 123
 
 
 @dataclass
 class PriorConfig:
     """`prior`: where the prior comes from (`source`), how it is trained (`train`) and judged (`quality`)."""
 
-    source: str = option("train", choices=SOURCES)
+    source: str = option(choices=SOURCES)
     dit_folder: str | None = None
     components: ComponentsConfig = field(default_factory=ComponentsConfig)
     imagenet_subset: str | None = None  # maps a 10-class ImageNet subset's labels to the prior's class ids
     class_ids: list[int] | None = None  # or an explicit label -> prior class id list
     train: dict[str, Any] = field(default_factory=dict)  # PriorTrainConfig fields (built with the mode)
-    quality: QualityConfig = field(default_factory=QualityConfig)
+    quality: QualityConfig | None = None  # read by the prior-quality node (score_prior)
 
     def check(self, path: str) -> None:
         if self.source == "dit_folder" and not self.dit_folder:

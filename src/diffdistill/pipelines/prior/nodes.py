@@ -25,7 +25,7 @@ from diffdistill.prior import (
     reconstruction_psnr,
     train_prior,
 )
-from diffdistill.prior.config import PriorConfig
+from diffdistill.prior.config import PriorConfig, QualityConfig
 from diffdistill.workdir import WorkDir, module_fingerprint, split_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def build_prior(train_set: TensorBundle, params: dict[str, Any], device: str) ->
 def score_prior(prior: LatentPrior, test_set: TensorBundle, teacher_model: TensorBundle, params: dict[str, Any],
                 device: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """VAE reconstruction PSNR on the test split, and class fidelity: the teacher's accuracy on samples."""
-    quality = build(PriorConfig, params, "prior").quality
+    quality = build(QualityConfig, params.get("quality") if isinstance(params, dict) else None, "prior.quality")
     check_classifier_fits(teacher_model, test_set, "teacher_model (the class-fidelity judge)", "test_set")
     prior = prior.to(device)
     images = to_signed(to_unit(test_set["images"][: quality.max_test_images]))

@@ -104,9 +104,9 @@ def bar_plot(table: pd.DataFrame, archs: list[str]) -> Image.Image:
 def build_report(params: dict[str, Any], *results: dict[str, Any]) -> tuple[str, str, str, Image.Image, dict]:
     """Markdown + HTML + CSV table and a bar plot over every set that has been evaluated."""
     from diffdistill.config import build
-    from diffdistill.evaluation.config import EvaluateConfig
+    from diffdistill.evaluation.config import ReportConfig
 
-    config = build(EvaluateConfig, params, "evaluate")
+    config = build(ReportConfig, {k: v for k, v in params.items() if k in ("archs", "unseen_archs")}, "evaluate")
     archs = list(config.archs)
     table = comparison_table(list(results), archs)
     shown = visible(table)
