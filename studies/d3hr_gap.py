@@ -32,9 +32,9 @@ from kedro.io.core import Version
 from diffdistill.data.bundle import TensorBundle, to_unit
 from diffdistill.datasets import DiffusersFolderDataset, TensorBundleDataset
 from diffdistill.evaluation import evaluate_accuracy, get_protocol, train_and_evaluate
+from diffdistill.evaluation.saved import classifier_from_bundle
 from diffdistill.evaluation.train import channel_stats
 from diffdistill.pipelines.baselines.nodes import make_herding_subset, make_random_subset
-from diffdistill.pipelines.common import classifier_from_bundle
 from diffdistill.pipelines.d3hr.nodes import generate_images, select_groups
 from diffdistill.pipelines.gaussians.nodes import fit_noise_gaussians
 from diffdistill.pipelines.latents.nodes import encode_and_invert

@@ -3,7 +3,8 @@
     rng, config  ->  data  ->  workdir, nets, augment, diffusion  ->  prior  ->  distill, evaluation
                  ->  datasets, lineage, pipelines, hooks, cli, results (the Kedro side and the tools)
 
-Read from the source (every `import` / `from ... import`, also inside functions), so a lazy import counts too.
+Read from the source (every `import` / `from ... import`, also inside functions, so a lazy import counts too;
+only `if TYPE_CHECKING:` imports are left out, since they never run).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
     found = set()
+    for block in ast.walk(tree):  # imports only a type checker runs are not arrows
+        if isinstance(block, ast.If) and getattr(block.test, "id", getattr(block.test, "attr", "")) == "TYPE_CHECKING":
+            block.body = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}

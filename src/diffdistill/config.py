@@ -120,12 +120,12 @@ def _check_metadata(value: Any, meta: Mapping[str, Any], path: str) -> None:
         return
     choices = meta.get("choices")
     if choices is not None and value not in choices:
-        raise ConfigError(f"{path}={value!r} is not one of {', '.join(map(str, choices))}")
+        raise ConfigError(f"{path}={value!r} is not one of {', '.join(map(str, choices))}; set it to one of them")
     for key, ok, word in (("min", lambda v, b: v >= b, ">="), ("max", lambda v, b: v <= b, "<="),
                           ("gt", lambda v, b: v > b, ">"), ("lt", lambda v, b: v < b, "<")):
         bound = meta.get(key)
         if bound is not None and isinstance(value, (int, float)) and not ok(value, bound):
-            raise ConfigError(f"{path}={value!r} must be {word} {bound}")
+            raise ConfigError(f"{path}={value!r} must be {word} {bound}; change it in the parameters (conf/ or --params)")
 
 
 def build(cls: type[T], params: Mapping[str, Any] | T | None, path: str) -> T:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.evaluation import get_protocol, train_and_evaluate, train_classifier
-from diffdistill.pipelines.common import classifier_from_bundle, classifier_to_bundle
+from diffdistill.evaluation.saved import classifier_from_bundle, classifier_to_bundle
 from tests.badinput.clarity import assert_clear_error
 from tests.badinput.strategies import bounded
 

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.evaluation import get_protocol, train_classifier
+from diffdistill.evaluation.saved import classifier_to_bundle
 from diffdistill.pipelines.baselines.nodes import make_herding_subset, make_random_subset
-from diffdistill.pipelines.common import classifier_to_bundle
 from diffdistill.pipelines.evaluate.nodes import evaluate_full_data, evaluate_set
 from diffdistill.pipelines.latents.nodes import encode_and_invert
 from diffdistill.pipelines.preprocess.nodes import load_raw_source

@@ -13,7 +13,7 @@ from typing import Any
 
 from kedro.pipeline import Node, Pipeline
 
-from diffdistill.pipelines.common import base_parameters
+from diffdistill.pipelines.graph import base_parameters
 
 SHARDS_PARAMETER = "shards"
 

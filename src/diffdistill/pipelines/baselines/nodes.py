@@ -10,7 +10,7 @@ from diffdistill.config import build
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.data.grid import image_grid
 from diffdistill.distill.baselines import BaselinesConfig, herding_subset, random_real_subset
-from diffdistill.pipelines.common import check_classifier_fits, classifier_from_bundle
+from diffdistill.evaluation.saved import check_classifier_fits, classifier_from_bundle
 
 
 def make_random_subset(train_set: TensorBundle, params: dict[str, Any], *, ipc: int) -> tuple[TensorBundle, torch.Tensor]:

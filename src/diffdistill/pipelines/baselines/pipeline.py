@@ -3,7 +3,7 @@
 from kedro.pipeline import Node, Pipeline
 
 from diffdistill.pipelines.baselines.nodes import make_herding_subset, make_random_subset
-from diffdistill.pipelines.common import base_parameters, bind
+from diffdistill.pipelines.graph import base_parameters, bind
 from diffdistill.pipelines.teacher import create_pipeline as teacher_pipeline
 
 

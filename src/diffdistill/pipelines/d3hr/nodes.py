@@ -13,7 +13,9 @@ from diffdistill.data.bundle import TensorBundle
 from diffdistill.data.grid import image_grid
 from diffdistill.distill import d3hr
 from diffdistill.distill.d3hr.config import GenerationConfig, GroupSamplingConfig, section
-from diffdistill.pipelines import common
+from diffdistill.evaluation.saved import check_classifier_fits, classifier_from_bundle
+from diffdistill.pipelines.artifacts import real_split_meta, require_same_prior
+from diffdistill.pipelines.metrics import as_mlflow_metrics
 from diffdistill.pipelines.sharding import check_parts_cover, class_range, require_same
 from diffdistill.prior import LatentPrior
 from diffdistill.workdir import WorkDir, bundle_fingerprint, module_fingerprint
@@ -58,7 +60,7 @@ def _metrics(scores: list[float], seconds: float, ipc: int, factorised: bool) ->
     mean_score = sum(scores) / len(scores)
     logger.info("d3hr ipc %d (%s): mean score %.4f, %.1f s", ipc, "factorised" if factorised else "paper",
                 mean_score, seconds)
-    return common.as_mlflow_metrics({"mean_score": mean_score, "selection_seconds": seconds})
+    return as_mlflow_metrics({"mean_score": mean_score, "selection_seconds": seconds})
 
 
 def _generation(params: dict[str, Any]) -> GenerationConfig:
@@ -66,7 +68,7 @@ def _generation(params: dict[str, Any]) -> GenerationConfig:
 
 
 def _images(prior: LatentPrior, selection: TensorBundle, config: GenerationConfig, device: str) -> torch.Tensor:
-    common.require_same_prior(selection, module_fingerprint(prior.to(device)), "d3hr selection (class_gaussians)")
+    require_same_prior(selection, module_fingerprint(prior.to(device)), "d3hr selection (class_gaussians)")
     meta = selection.meta
     return d3hr.sample_images(prior, selection["noise"], selection["labels"], config, num_steps=meta["num_steps"],
                               start_step=meta["start_step"], device=device)
@@ -87,13 +89,13 @@ def _distilled(images: torch.Tensor, selection: TensorBundle, train_set: TensorB
     meta, labels = selection.meta, selection["labels"]
     tensors = {"images": images, "labels": labels.cpu()}
     if config.soft_labels:
-        teacher = common.classifier_from_bundle(teacher_model, device)
-        common.check_classifier_fits(teacher_model, train_set, "teacher_model", "train_set")
+        teacher = classifier_from_bundle(teacher_model, device)
+        check_classifier_fits(teacher_model, train_set, "teacher_model", "train_set")
         tensors["soft_labels"] = d3hr.soft_labels(teacher, images, device)
     method_meta = {"method": "d3hr", "ipc": ipc, "variant": "factorised" if meta["factorised"] else "paper",
                    "prior_fingerprint": meta["prior_fingerprint"], "guidance": config.guidance,
                    "num_steps": meta["num_steps"], "start_step": meta["start_step"], "recipes": meta["recipes"]}
-    return TensorBundle(tensors, {**common.real_split_meta(train_set), **method_meta}), image_grid(images, labels.cpu())
+    return TensorBundle(tensors, {**real_split_meta(train_set), **method_meta}), image_grid(images, labels.cpu())
 
 
 def d3hr_classes(class_gaussians: TensorBundle, prior: LatentPrior, params: dict[str, Any], device: str, *,

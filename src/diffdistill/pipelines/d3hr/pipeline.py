@@ -6,8 +6,8 @@ its classes) and `<set>.merge_shards` writes the set's usual artifacts.
 
 from kedro.pipeline import Node, Pipeline
 
-from diffdistill.pipelines.common import base_parameters, bind
 from diffdistill.pipelines.d3hr.nodes import d3hr_classes, generate_images, merge_d3hr_parts, select_groups
+from diffdistill.pipelines.graph import base_parameters, bind
 from diffdistill.pipelines.sharding import shard_copies, shard_count
 
 SHARED = {"class_gaussians", "train_set", "prior_model", "teacher_model"}

@@ -10,11 +10,8 @@ from diffdistill.config import build
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.evaluation import channel_stats, get_protocol, train_and_evaluate
 from diffdistill.evaluation.config import EvaluateConfig
-from diffdistill.pipelines.common import (
-    as_mlflow_metrics,
-    check_classifier_fits,
-    classifier_from_bundle,
-)
+from diffdistill.evaluation.saved import check_classifier_fits, classifier_from_bundle
+from diffdistill.pipelines.metrics import as_mlflow_metrics
 from diffdistill.workdir import WorkDir, split_fingerprint
 
 logger = logging.getLogger(__name__)

@@ -2,8 +2,8 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from diffdistill.pipelines.common import base_parameters, bind, set_names
 from diffdistill.pipelines.evaluate.nodes import evaluate_full_data, evaluate_set
+from diffdistill.pipelines.graph import base_parameters, bind, set_names
 
 SHARED_INPUTS = {"train_set", "test_set", "teacher_model"}
 SHARED_PARAMS = {"params:evaluate", "params:device"}

@@ -16,7 +16,7 @@ from diffdistill.data.bundle import TensorBundle
 from diffdistill.distill.experts import ExpertConfig, final_train_scores, train_experts
 from diffdistill.distill.objectives import RealImages
 from diffdistill.nets import net_factory
-from diffdistill.pipelines.common import as_mlflow_history, as_mlflow_metrics
+from diffdistill.pipelines.metrics import as_mlflow_history, as_mlflow_metrics
 from diffdistill.workdir import WorkDir, split_fingerprint
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import torch
 from diffdistill.config import build
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.distill.d3hr import GaussiansConfig, NoiseSpaceFit, fit_noise_space
-from diffdistill.pipelines.common import as_mlflow_metrics
+from diffdistill.pipelines.metrics import as_mlflow_metrics
 from diffdistill.pipelines.sharding import check_parts_cover, class_range, require_same
 
 logger = logging.getLogger(__name__)

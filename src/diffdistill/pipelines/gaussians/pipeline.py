@@ -2,8 +2,8 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from diffdistill.pipelines.common import bind
 from diffdistill.pipelines.gaussians.nodes import fit_gaussians_classes, fit_noise_gaussians, merge_gaussian_parts
+from diffdistill.pipelines.graph import bind
 from diffdistill.pipelines.sharding import shard_copies, shard_count
 
 INPUTS = ["noise", "latents", "params:gaussians"]

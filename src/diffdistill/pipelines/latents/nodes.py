@@ -10,7 +10,7 @@ import torch
 from diffdistill.config import build
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.distill.d3hr import LatentsConfig, invert_classes, round_trip_report
-from diffdistill.pipelines.common import as_mlflow_metrics
+from diffdistill.pipelines.metrics import as_mlflow_metrics
 from diffdistill.pipelines.sharding import check_parts_cover, class_range, require_same
 from diffdistill.prior import LatentPrior
 from diffdistill.workdir import module_fingerprint

@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from diffdistill.pipelines.common import bind
+from diffdistill.pipelines.graph import bind
 from diffdistill.pipelines.latents.nodes import encode_and_invert, encode_and_invert_classes, merge_latent_parts
 from diffdistill.pipelines.sharding import shard_copies, shard_count
 

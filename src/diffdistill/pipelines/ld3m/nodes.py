@@ -13,9 +13,10 @@ from diffdistill.data.bundle import TensorBundle
 from diffdistill.data.grid import image_grid
 from diffdistill.distill.ld3m import LD3MConfig, distill_ld3m, load_checkpoint
 from diffdistill.nets import net_factory
-from diffdistill.pipelines.common import as_mlflow_history, real_split_meta
+from diffdistill.pipelines.artifacts import real_split_meta
 from diffdistill.pipelines.ld3m.params import check_ipc, check_run, ld3m_config, run_table, set_name
 from diffdistill.pipelines.ld3m.records import gradient_record, merge_histories, run_inputs, sensitivity
+from diffdistill.pipelines.metrics import as_mlflow_history
 from diffdistill.pipelines.sharding import check_parts_cover, class_range, require_same
 from diffdistill.workdir import WorkDir
 
@@ -50,9 +51,12 @@ def merge_ld3m_parts(train_set: TensorBundle, params: dict[str, Any], device: st
     """Class shards of one LD3M DM set -> the five artifacts of the unsharded node: distilled set and state
     byte-identical; the history recombined (`records.merge_histories`), a diagnostic only: a shard's per-iteration
     values also count its ghost classes (`distill.ld3m.computed_classes`)."""
-    parts, name = list(parts), set_name(objective, space, ipc, variant)
+    parts, name = sorted(parts, key=lambda p: p.meta["classes"][0]), set_name(objective, space, ipc, variant)
     check_parts_cover(parts, train_set.num_classes, name)
-    require_same(parts, ("set_meta", "state_meta"), name)
+    require_same(parts, ("state_meta",), name)
+    # The set's meta carries the first shard's iteration-0 diagnostic (its first chunk is the unsharded run's).
+    require_same([TensorBundle({}, {"set_meta": {k: v for k, v in p.meta["set_meta"].items() if k != "sensitivity"}})
+                  for p in parts], ("set_meta",), name)
     config = ld3m_config(params, train_set, device, objective=objective, space=space, ipc=ipc, variant=variant)
 
     def cat(names: list[str]) -> dict[str, torch.Tensor]:

@@ -54,27 +54,23 @@ def require_matching_experts(experts: TensorBundle, train_fingerprint: str, arch
 
 
 def merge_histories(histories: list[dict[str, list[float]]]) -> dict[str, list[float]]:
-    """Per-iteration metrics of class shards as the whole set's: the DM loss is a sum over classes, so losses and
-    seconds add, gradient norms combine as sqrt(sum of squares), peak memory and replay errors take the max."""
+    """Per-iteration metrics of class shards (class order) as the whole set's: the DM loss is a sum over classes, so
+    losses and seconds add, gradient norms combine as sqrt(sum of squares), peak memory and replay errors take the
+    max. The iteration-0 diagnostic (`init_*`) is the first shard's: it runs on the first chunk of images, which
+    that shard computes exactly as the unsharded run does."""
     if len(histories) == 1:
         return histories[0]
     merged = {}
     for key in histories[0]:
         columns = list(zip(*(h[key] for h in histories), strict=True))
-        if key.startswith("grad_norm_") or key in ("init_grad_norm_latents", "init_grad_norm_noise"):
+        if key.startswith("init_"):
+            merged[key] = list(histories[0][key])
+        elif key.startswith("grad_norm_"):
             merged[key] = [math.sqrt(sum(v * v for v in row)) for row in columns]
-        elif key == "init_psnr_db":  # each shard's own first chunk: their mean squared errors average
-            merged[key] = [-10.0 * math.log10(sum(10 ** (-v / 10) for v in row) / len(row)) for row in columns]
-        elif key == "init_sensitivity_ratio":
-            continue  # recomputed below from the merged norms
         elif key in ("peak_memory_bytes", "regeneration_max_abs_diff"):
             merged[key] = [max(row) for row in columns]
         else:
             merged[key] = [sum(row) for row in columns]
-    if "init_grad_norm_noise" in merged:
-        merged["init_sensitivity_ratio"] = [z / n if n > 0 else float("inf") for z, n in
-                                            zip(merged["init_grad_norm_latents"], merged["init_grad_norm_noise"],
-                                                strict=True)]
     return merged
 
 

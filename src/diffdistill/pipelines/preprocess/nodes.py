@@ -6,7 +6,7 @@ from typing import Any
 
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.data.sources import SourceConfig, load_source
-from diffdistill.pipelines.common import as_mlflow_metrics
+from diffdistill.pipelines.metrics import as_mlflow_metrics
 
 
 def load_raw_source(params: dict[str, Any]) -> tuple[TensorBundle, TensorBundle, dict[str, Any]]:

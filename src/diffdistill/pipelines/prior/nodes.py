@@ -10,12 +10,8 @@ import torch
 
 from diffdistill.config import build
 from diffdistill.data.bundle import TensorBundle, to_signed, to_unit
-from diffdistill.pipelines.common import (
-    as_mlflow_history,
-    as_mlflow_metrics,
-    check_classifier_fits,
-    classifier_from_bundle,
-)
+from diffdistill.evaluation.saved import check_classifier_fits, classifier_from_bundle
+from diffdistill.pipelines.metrics import as_mlflow_history, as_mlflow_metrics
 from diffdistill.prior import (
     LatentPrior,
     class_fidelity,

@@ -2,8 +2,8 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from diffdistill.pipelines.common import base_parameters
 from diffdistill.pipelines.evaluate.pipeline import evaluated_sets
+from diffdistill.pipelines.graph import base_parameters
 from diffdistill.pipelines.ld3m.nodes import set_name
 from diffdistill.pipelines.ld3m.pipeline import ld3m_runs
 from diffdistill.pipelines.report.nodes import build_report, gradient_snr_plot

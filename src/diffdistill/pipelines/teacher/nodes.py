@@ -8,7 +8,8 @@ from diffdistill.config import build
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.evaluation import evaluate_accuracy, get_protocol, train_classifier
 from diffdistill.evaluation.config import TeacherConfig
-from diffdistill.pipelines.common import as_mlflow_history, as_mlflow_metrics, classifier_to_bundle
+from diffdistill.evaluation.saved import classifier_to_bundle
+from diffdistill.pipelines.metrics import as_mlflow_history, as_mlflow_metrics
 
 
 def train_teacher(train_set: TensorBundle, test_set: TensorBundle, params: dict[str, Any],
