@@ -51,9 +51,10 @@ def timed(fn):
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def rng_limit(m: int, ipc: int, dim: int, chunk: int) -> None:
+def rng_limit(m: int, ipc: int, dim: int, chunk: int, device: torch.device | str = "cpu") -> None:
     """Draw m * ipc * dim standard normals into one preallocated buffer: the floor for any sampler."""
-    buf, g = torch.empty(chunk, ipc, dim), torch.Generator().manual_seed(0)
+    buf = torch.empty(chunk, ipc, dim, device=device)
+    g = torch.Generator(device=buf.device).manual_seed(0)
     for start in range(0, m, chunk):
         buf[: min(chunk, m - start)].normal_(generator=g)
 

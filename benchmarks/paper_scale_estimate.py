@@ -182,13 +182,21 @@ def param_count(module: torch.nn.Module) -> int:
 # ----------------------------------------------------------------------------- the paper's models (meta)
 
 
-def build_dit() -> torch.nn.Module:
-    """DiT-XL/2 at 256 px as facebook/DiT-XL-2-256's transformer/config.json describes it."""
+# DiT-XL/2 at 256 px as facebook/DiT-XL-2-256's transformer/config.json describes it.
+DIT_XL2_CONFIG = {"num_attention_heads": 16, "attention_head_dim": 72, "in_channels": 4, "out_channels": 8,
+                  "num_layers": 28, "sample_size": 32, "patch_size": 2, "num_embeds_ada_norm": 1000}
+# stabilityai/sd-vae-ft-mse (the DiT VAE): 4 levels 128-256-512-512, 2 res blocks, 4 latent channels.
+SD_VAE_CONFIG = {"in_channels": 3, "out_channels": 3, "down_block_types": ("DownEncoderBlock2D",) * 4,
+                 "up_block_types": ("UpDecoderBlock2D",) * 4, "block_out_channels": (128, 256, 512, 512),
+                 "layers_per_block": 2, "latent_channels": 4, "sample_size": 256, "scaling_factor": 0.18215}
+
+
+def build_dit(device: torch.device | str = META, config: dict | None = None) -> torch.nn.Module:
+    """DiT-XL/2-256 (`DIT_XL2_CONFIG`, or `config`) on `device`; on meta: shapes only, no weights."""
     from diffusers import DiTTransformer2DModel
 
-    with torch.device(META):
-        return DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
-                                     num_layers=28, sample_size=32, patch_size=2, num_embeds_ada_norm=1000)
+    with torch.device(device):
+        return DiTTransformer2DModel(**(config or DIT_XL2_CONFIG))
 
 
 def dit_unique_params(dit: torch.nn.Module) -> int:
@@ -199,14 +207,12 @@ def dit_unique_params(dit: torch.nn.Module) -> int:
     return param_count(dit) - (len(blocks) - 1) * embedder
 
 
-def build_vae() -> torch.nn.Module:
-    """stabilityai/sd-vae-ft-mse (the DiT VAE): 4 levels 128-256-512-512, 2 res blocks, 4 latent channels."""
+def build_vae(device: torch.device | str = META, config: dict | None = None) -> torch.nn.Module:
+    """The SD VAE (`SD_VAE_CONFIG`, or `config`) on `device`; on meta: shapes only, no weights."""
     from diffusers import AutoencoderKL
 
-    with torch.device(META):
-        return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                             up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
-                             layers_per_block=2, latent_channels=4, sample_size=256)
+    with torch.device(device):
+        return AutoencoderKL(**(config or SD_VAE_CONFIG))
 
 
 def build_eval_net(name: str, image_size: int, num_classes: int) -> torch.nn.Module:
@@ -224,34 +230,41 @@ def dit_units(dit: torch.nn.Module) -> dict[str, Unit]:
     and with the input-only backward of the frozen transformer (LD3M's pass 2)."""
     dit.requires_grad_(False)
     pair = 2  # one image under classifier-free guidance
+    cfg = dit.config
+    channels, size, null = int(cfg.in_channels), int(cfg.sample_size), int(cfg.num_embeds_ada_norm)
 
     def step(grad: bool) -> Callable[[], None]:
         def run() -> None:
-            z = torch.empty(pair, 4, 32, 32, device=META, requires_grad=grad)
+            z = torch.empty(pair, channels, size, size, device=META, requires_grad=grad)
             t = torch.full((pair,), 500, device=META)
-            out = dit(z, timestep=t, class_labels=torch.tensor([0, 1000], device=META)).sample
+            out = dit(z, timestep=t, class_labels=torch.tensor([0, null], device=META)).sample
             if grad:
-                out[:, :4].sum().backward()  # learned-sigma channels are dropped
+                out[:, :channels].sum().backward()  # learned-sigma channels are dropped
         return run
 
     return {"dit_guided": measure(step(False), 1, (dit,)), "dit_guided_grad": measure(step(True), 1, (dit,))}
 
 
 def vae_units(vae: torch.nn.Module, data_size: int) -> dict[str, Unit]:
-    """VAE encode / decode of one image at 256 px with the prior's resize from / to the data size."""
+    """VAE encode / decode of one image at its native size (256 px for the SD VAE) with the prior's resize
+    from / to the data size."""
     vae.requires_grad_(False)
+    cfg = vae.config
+    native, channels = int(cfg.sample_size), int(cfg.in_channels)
+    latent_channels, latent_size = int(cfg.latent_channels), native // 2 ** (len(cfg.block_out_channels) - 1)
 
     def decode(grad: bool) -> Callable[[], None]:
         def run() -> None:
-            z = torch.empty(1, 4, 32, 32, device=META, requires_grad=grad)
+            z = torch.empty(1, latent_channels, latent_size, latent_size, device=META, requires_grad=grad)
             image = F.interpolate(vae.decode(z).sample, size=(data_size,) * 2, mode="bilinear", antialias=True)
             if grad:
                 image.sum().backward()
         return run
 
     def encode() -> None:
-        x = torch.empty(1, 3, data_size, data_size, device=META)
-        vae.encode(F.interpolate(x, size=(256, 256), mode="bilinear", antialias=True)).latent_dist.mean  # noqa: B018
+        x = torch.empty(1, channels, data_size, data_size, device=META)
+        x = F.interpolate(x, size=(native, native), mode="bilinear", antialias=True)
+        vae.encode(x).latent_dist.mean  # noqa: B018
 
     return {"encode": measure(encode, 1, (vae,)), "decode": measure(decode(False), 1, (vae,)),
             "decode_grad": measure(decode(True), 1, (vae,))}

@@ -40,16 +40,17 @@ from diffdistill.pipelines.ld3m.params import ld3m_config, method_name  # noqa: 
 
 # (objective, space, variant) -> learning rates tried. Centred on the reference codes' rates (reference latent:
 # the published lr_w DC 0.1 / DM 1 / MTT 1000; pixel: DC/DSA 0.1, DM 1, MTT 1000 in normalised space) and, for the
-# spaces whose images barely depend on Z (eq12, no_residual), on session 2's winners (10 / 100 / 1e5) and above.
+# spaces whose images barely depend on Z (eq12, no_residual), on session 2's winners (10 / 100 / 1e5) and above;
+# a grid whose best value sat on an edge was extended by one decade past it.
 GRID: dict[tuple[str, str, str | None], list[float]] = {
-    ("dc", "latent", None): [0.01, 0.1, 1.0],
-    ("dc", "latent", "eq12"): [10.0, 100.0],
+    ("dc", "latent", None): [0.001, 0.01, 0.1, 1.0],
+    ("dc", "latent", "eq12"): [10.0, 100.0, 1000.0],
     ("dc", "pixel", None): [0.01, 0.1, 1.0],
-    ("dm", "latent", None): [0.1, 1.0, 10.0],
-    ("dm", "latent", "eq12"): [100.0, 1000.0],
-    ("dm", "no_residual", None): [100.0, 1000.0],
-    ("dm", "decoder_only", None): [0.1, 1.0, 10.0],
-    ("dm", "condition_only", None): [1.0, 10.0, 100.0],
+    ("dm", "latent", None): [0.01, 0.1, 1.0, 10.0],
+    ("dm", "latent", "eq12"): [100.0, 1000.0, 1.0e4],
+    ("dm", "no_residual", None): [100.0, 1000.0, 1.0e4],
+    ("dm", "decoder_only", None): [0.01, 0.1, 1.0, 10.0],
+    ("dm", "condition_only", None): [0.1, 1.0, 10.0, 100.0],
     ("dm", "pixel", None): [0.1, 1.0, 10.0],
     ("mtt", "latent", None): [10.0, 100.0, 1000.0],
     ("mtt", "latent", "eq12"): [1.0e5, 1.0e6],
