@@ -496,13 +496,19 @@ def _run_pytest(ctx: Ctx, out: Out) -> None:
 def _d3hr_agreement(ctx: Ctx, out: Out) -> None:
     import torch
 
-    from diffdistill.distill.d3hr import GroupSamplingConfig, regenerate_group, sample_group, score_groups
+    from diffdistill.distill.d3hr import (
+        PAPER_WEIGHTS,
+        GroupSamplingConfig,
+        regenerate_group,
+        sample_group,
+        score_groups,
+    )
 
     p = ctx.p
     mu, sigma = _bench("bench_group_sampling").gaussian(p.check_dim)
-    cfg = GroupSamplingConfig(ipc=p.check_ipc, num_candidates=p.check_m, chunk_size=p.check_chunk, seed=3)
-    first = sample_group(mu, sigma, cfg, class_index=2, device=ctx.device)
-    again = sample_group(mu, sigma, cfg, class_index=2, device=ctx.device)
+    cfg = GroupSamplingConfig(m=p.check_m, weights=PAPER_WEIGHTS, chunk_size=p.check_chunk, seed=3)
+    first = sample_group(mu, sigma, cfg, ipc=p.check_ipc, class_index=2, device=ctx.device)
+    again = sample_group(mu, sigma, cfg, ipc=p.check_ipc, class_index=2, device=ctx.device)
     same = first.candidate_index == again.candidate_index and torch.equal(first.noise, again.noise)
     out.check(f"D3HR class on {ctx.device.type}, run twice: same group, same bits", same, "bit-identical", same)
     regen = regenerate_group((mu, sigma), first.recipe)
@@ -521,7 +527,7 @@ def _d3hr_agreement(ctx: Ctx, out: Out) -> None:
     out.check("D3HR score_groups, same candidates, CPU vs device (float64)", rel, "relative <= 1e-9", rel <= 1e-9)
     out.check("D3HR score_groups: same best candidate", int(on_dev.argmin()) == int(on_cpu.argmin()), "equal",
               int(on_dev.argmin()) == int(on_cpu.argmin()))
-    cpu = sample_group(mu, sigma, cfg, class_index=2, device="cpu")
+    cpu = sample_group(mu, sigma, cfg, ipc=p.check_ipc, class_index=2, device="cpu")
     out.results["d3hr_best_score"] = {"device": first.score, "cpu": cpu.score, "ratio": first.score / cpu.score}
     out.note(f"D3HR best score at m = {p.check_m}: {first.score:.4f} on {ctx.device.type} vs {cpu.score:.4f} on CPU "
              "(different random streams by design: CUDA Philox vs CPU mt19937; same distribution)")
@@ -543,6 +549,7 @@ def _ld3m_agreement(ctx: Ctx, out: Out) -> None:
 
     import torch
 
+    from diffdistill.config import build
     from diffdistill.data.bundle import TensorBundle
     from diffdistill.distill.ld3m import LD3MConfig, init_state
     from diffdistill.distill.objectives import RealImages
@@ -559,8 +566,8 @@ def _ld3m_agreement(ctx: Ctx, out: Out) -> None:
         cpu, cpu_steps = _ld3m_one_iteration(prior_cpu, real, "cpu")
         dev, dev_steps = _ld3m_one_iteration(prior_dev, real, str(ctx.device))
         dev2, _ = _ld3m_one_iteration(prior_dev, real, str(ctx.device))
-        init = init_state(RealImages.from_bundle(real), prior_cpu, LD3MConfig.from_dict(
-            {"objective": "dm", "space": "latent", "ipc": 1, "seed": 5, "sampler": {"num_steps": 3}})).latents
+        init = init_state(RealImages.from_bundle(real), prior_cpu, build(LD3MConfig, {
+            "objective": "dm", "space": "latent", "ipc": 1, "seed": 5, "sampler": {"num_steps": 3}}, "ld3m")).latents
     z_cpu, z_dev, z_dev2 = (r.state.tensors["latents"] for r in (cpu, dev, dev2))
     x_cpu, x_dev, x_dev2 = (r.images.tensors["images"] for r in (cpu, dev, dev2))
     rerun = max(_max_abs(x_dev, x_dev2), _max_abs(z_dev, z_dev2))
@@ -870,22 +877,23 @@ def _d3hr_estimate(m: int, ipc: int, dim: int, chunk: int) -> float:
 def section_d3hr_sampling(ctx: Ctx, out: Out) -> None:
     import torch
 
-    from diffdistill.distill.d3hr import GroupSamplingConfig, sample_group
+    from diffdistill.distill.d3hr import PAPER_WEIGHTS, GroupSamplingConfig, sample_group
 
     bench = _bench("bench_group_sampling")
     p, r = ctx.p, out.results
     mu, sigma = bench.gaussian(p.d3hr_dim)
     r["setting"] = {"dim": p.d3hr_dim, "ipc": p.d3hr_ipc, "m": p.d3hr_m, "chunks": list(p.d3hr_chunks)}
-    sample_group(mu, sigma, GroupSamplingConfig(ipc=p.d3hr_ipc, num_candidates=8, chunk_size=4), device=ctx.device)
+    sample_group(mu, sigma, GroupSamplingConfig(m=8, weights=PAPER_WEIGHTS, chunk_size=4, seed=0), ipc=p.d3hr_ipc,
+                 device=ctx.device)
 
     def run_sampler(m: int, chunk: int) -> dict[str, Any]:
-        cfg = GroupSamplingConfig(ipc=p.d3hr_ipc, num_candidates=m, chunk_size=chunk)
+        cfg = GroupSamplingConfig(m=m, weights=PAPER_WEIGHTS, chunk_size=chunk, seed=0)
         if ctx.cuda:
             ctx.sync()
             torch.cuda.reset_peak_memory_stats(ctx.device)
             base = torch.cuda.memory_allocated(ctx.device)
         start = time.perf_counter()
-        selection = sample_group(mu, sigma, cfg, device=ctx.device)
+        selection = sample_group(mu, sigma, cfg, ipc=p.d3hr_ipc, device=ctx.device)
         ctx.sync()
         row = {"m": m, "chunk": chunk, "seconds_per_class": time.perf_counter() - start, "score": selection.score}
         if ctx.cuda:
