@@ -340,54 +340,21 @@ def fit(
     return test_model.eval(), history
 
 
-def train_classifier(
-    train: TensorBundle,
-    *,
-    arch: str,
-    protocol: str | ProtocolConfig,
-    seed: int,
-    device: str | torch.device = "cpu",
-    teacher: nn.Module | None = None,
-    val: TensorBundle | None = None,
-    allow_unbalanced: bool = True,
-    callback: EpochCallback | None = None,
-    net_overrides: dict[str, Any] | None = None,
-) -> NormalizedClassifier:
+def train_classifier(train: TensorBundle, *, allow_unbalanced: bool = True, **options: Any) -> NormalizedClassifier:
     """Train and return a classifier taking [0, 1] images (teachers, herding features, fidelity judges).
 
-    Same loop as `train_and_evaluate`; real splits are rarely exactly balanced, hence
-    `allow_unbalanced=True` here. The history is attached as `model.training_history`.
+    `options` are `fit`'s (arch, protocol, seed, device, teacher, val, callback, net_overrides): the same loop as
+    `train_and_evaluate`; real splits are rarely exactly balanced, hence `allow_unbalanced=True` here. The
+    history is attached as `model.training_history`.
     """
-    model, history = fit(
-        train,
-        arch=arch,
-        protocol=protocol,
-        seed=seed,
-        device=device,
-        teacher=teacher,
-        val=val,
-        allow_unbalanced=allow_unbalanced,
-        callback=callback,
-        net_overrides=net_overrides,
-    )
+    model, history = fit(train, allow_unbalanced=allow_unbalanced, **options)
     model.training_history = history
     return model
 
 
-def train_and_evaluate(
-    train: TensorBundle,
-    test: TensorBundle,
-    *,
-    arch: str,
-    protocol: str | ProtocolConfig,
-    seed: int,
-    device: str | torch.device = "cpu",
-    teacher: nn.Module | None = None,
-    val: TensorBundle | None = None,
-    allow_unbalanced: bool = False,
-    callback: EpochCallback | None = None,
-    net_overrides: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+def train_and_evaluate(train: TensorBundle, test: TensorBundle, *, arch: str, protocol: str | ProtocolConfig,
+                       seed: int, device: str | torch.device = "cpu", allow_unbalanced: bool = False,
+                       **options: Any) -> dict[str, Any]:
     """Train a fresh `arch` on `train` (distilled or real) and score it ONCE on `test` after the last epoch.
 
     Returns a JSON-serialisable dict: `test_accuracy` (top-1 fraction, final epoch — never
@@ -400,8 +367,8 @@ def train_and_evaluate(
     protocol = get_protocol(protocol)
     train_images = _checked_train(train, allow_unbalanced)[0]
     _checked_split(test, train_images, train.num_classes, "test")
-    model = train_classifier(train, arch=arch, protocol=protocol, seed=seed, device=device, teacher=teacher, val=val,
-                             allow_unbalanced=allow_unbalanced, callback=callback, net_overrides=net_overrides)
+    model = train_classifier(train, arch=arch, protocol=protocol, seed=seed, device=device,
+                             allow_unbalanced=allow_unbalanced, **options)  # options: teacher, val, callback, ...
     history = model.training_history
     test_images, test_labels = test["images"], test["labels"]
     accuracy, loss = evaluate_accuracy(

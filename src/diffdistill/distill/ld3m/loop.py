@@ -20,19 +20,13 @@ from typing import Any
 
 import torch
 
+import diffdistill.distill.ld3m.state as states
 from diffdistill import nets
 from diffdistill.config import build, to_dict
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.diffusion.residual import generate_images
 from diffdistill.distill.ld3m.config import LD3MConfig
-from diffdistill.distill.ld3m.state import (
-    CHECKPOINT_FILE,
-    LD3MState,
-    computed_classes,
-    init_state,
-    load_checkpoint,
-    save_checkpoint,
-)
+from diffdistill.distill.ld3m.state import LD3MState
 from diffdistill.distill.ld3m.synthesizer import Synthesizer
 from diffdistill.distill.objectives import (
     Augment,
@@ -101,13 +95,13 @@ def distill_ld3m(
         augment = DSA(config.dsa_strategy)
 
     work = WorkDir(checkpoint_dir) if isinstance(checkpoint_dir, (str, Path)) else checkpoint_dir
-    loaded = None if work is None else load_checkpoint(work, config)
+    loaded = None if work is None else states.load_checkpoint(work, config)
     if loaded is not None:
         state, checkpoint_step = loaded[0].to(device), loaded[0].step
         history = {k: v[:state.step] for k, v in (work.get_json(HISTORY) or {}).items()}
     else:
-        state = init_state(real, prior, config, None if classes is None else
-                           computed_classes(classes, config, real.num_classes))
+        state = states.init_state(real, prior, config, None if classes is None else
+                                  states.computed_classes(classes, config, real.num_classes))
         checkpoint_step, history = None, {}
     objective = _build_objective(config, real, experts, net_factory, augment)
     params, lrs = _learnables(state, objective, config, real, device)
@@ -119,7 +113,7 @@ def distill_ld3m(
     diagnostic = spec.diagnostic(synthesize, config.seed) if state.step == 0 else {}
 
     def diverged(iteration: int, what: str) -> DivergenceError:
-        where = (f"last good checkpoint: {work.file(CHECKPOINT_FILE)} (saved after {checkpoint_step} iterations)"
+        where = (f"last good checkpoint: {work.file(states.CHECKPOINT_FILE)} (saved after {checkpoint_step} iterations)"
                  if checkpoint_step is not None else "no checkpoint was written yet")
         return DivergenceError(f"LD3M diverged at iteration {iteration} ({config.objective}, space {config.space}): "
                                f"{what} with learning rate lr={lr:g}; lower `lr` and resume. {where}")
@@ -165,7 +159,7 @@ def distill_ld3m(
             on_step(metrics)
         if work is not None and (state.step % config.checkpoint_every == 0 or state.step == config.iterations):
             work.put_json(HISTORY, history)  # first: a kill between the two leaves a longer history, cut on resume
-            save_checkpoint(work, state, config)
+            states.save_checkpoint(work, state, config)
             checkpoint_step = state.step
     return _result(state, synthesize, config, class_names, real, classes, history)
 
