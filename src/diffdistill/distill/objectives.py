@@ -150,10 +150,16 @@ def match_distance(grad_real: torch.Tensor, grad_syn: torch.Tensor) -> torch.Ten
 
 
 @dataclass
-class DCConfig:
+class MatchingConfig:
+    """What every objective trains or embeds with: a net of the registry (MTT: the experts' architecture)."""
+
+    net: str = option("convnet", choices=NET_NAMES, help="the matching / embedding / student net (nets registry)")
+
+
+@dataclass
+class DCConfig(MatchingConfig):
     """DC/DSA gradient matching (`diffdistill.config` dataclass; LD3M's `ld3m.dc`)."""
 
-    net: str = option("convnet", choices=NET_NAMES, help="the matching net (nets registry)")
     batch_real: int = option(256, min=1, help="real images per class and round")
     batch_train: int = option(256, min=1, help="minibatch of the inner-loop net update on synthetic data")
     lr_net: float = option(0.01, gt=0, help="SGD learning rate of the inner-loop net update")
@@ -245,10 +251,9 @@ def _freeze_batchnorm(net: nn.Module, real: RealImages, generator: torch.Generat
 
 
 @dataclass
-class DMConfig:
+class DMConfig(MatchingConfig):
     """DM distribution matching (`diffdistill.config` dataclass; LD3M's `ld3m.dm`)."""
 
-    net: str = option("convnet", choices=NET_NAMES, help="the embedding net (nets registry)")
     batch_real: int = option(256, min=1, help="real images per class and iteration")
 
 
@@ -256,15 +261,8 @@ class DistributionMatching:
     """DM: per class, squared distance between mean embeddings of real and synthetic batches
     under a fresh, frozen random net; summed over classes."""
 
-    def __init__(
-        self,
-        real: RealImages,
-        config: DMConfig,
-        *,
-        net_factory: NetFactory,
-        augment: Augment | None,
-        device: torch.device | str = "cpu",
-    ) -> None:
+    def __init__(self, real: RealImages, config: DMConfig, *, net_factory: NetFactory, augment: Augment | None,
+                 device: torch.device | str = "cpu") -> None:
         self.real, self.config, self.net_factory, self.augment, self.device = real, config, net_factory, augment, device
         self.net: nn.Module | None = None
 
@@ -338,10 +336,9 @@ def unroll_student(
 
 
 @dataclass
-class MTTConfig:
+class MTTConfig(MatchingConfig):
     """MTT trajectory matching (`diffdistill.config` dataclass; LD3M's `ld3m.mtt`)."""
 
-    net: str = option("convnet", choices=NET_NAMES, help="the student net: the experts' architecture")
     expert_epochs: int = option(3, min=1, help="M: target = start + M")
     max_start_epoch: int = option(5, min=1, help="start epoch drawn from [0, max_start_epoch)")
     syn_steps: int = option(20, min=1, help="N student steps")

@@ -88,32 +88,16 @@ class ProtocolConfig:
 
 PROTOCOLS: dict[str, ProtocolConfig] = {
     "dc": ProtocolConfig(name="dc", epochs=1000, batch_size=256, optimizer="sgd", lr=0.01, schedule="step"),
-    "glad": ProtocolConfig(
-        name="glad",
-        epochs=1000,
-        batch_size=256,
-        optimizer="sgd",
-        lr=1e-3,
-        arch_lr={"convnet": 1e-3, "resnet18": 1e-3, "vgg11": 1e-4, "alexnet": 1e-3, "vit": 1e-3},
-        schedule="warmup_cosine",
-        ema_decay=0.995,
-    ),
-    "soft_label": ProtocolConfig(
-        name="soft_label",
-        epochs=300,
-        batch_size=50,
-        optimizer="adamw",
-        lr=1e-3,
-        arch_lr={"convnet": 1e-3, "resnet18": 1e-3, "vgg11": 5e-4, "alexnet": 1e-4, "vit": 1e-4},
-        momentum=0.0,
-        weight_decay=0.01,
-        decay_norm_and_bias=False,
-        schedule="cosine",
-        augment="crop_flip",
-        loss="soft_label",
-        temperature=20.0,
-        cutmix=True,
-    ),
+    # GLaD's evaluate_synset: per-arch lr, warm-up then cosine, weight EMA.
+    "glad": ProtocolConfig(name="glad", epochs=1000, batch_size=256, optimizer="sgd", lr=1e-3, schedule="warmup_cosine",
+                           ema_decay=0.995,
+                           arch_lr={"convnet": 1e-3, "resnet18": 1e-3, "vgg11": 1e-4, "alexnet": 1e-3, "vit": 1e-3}),
+    # RDED / D3HR: teacher soft labels (KL, T = 20) on CutMix-ed crops, AdamW without decay on biases / norms.
+    "soft_label": ProtocolConfig(name="soft_label", epochs=300, batch_size=50, optimizer="adamw", lr=1e-3,
+                                 momentum=0.0, weight_decay=0.01, decay_norm_and_bias=False, schedule="cosine",
+                                 augment="crop_flip", loss="soft_label", temperature=20.0, cutmix=True,
+                                 arch_lr={"convnet": 1e-3, "resnet18": 1e-3, "vgg11": 5e-4, "alexnet": 1e-4,
+                                          "vit": 1e-4}),
 }
 PROTOCOL_NAMES: tuple[str, ...] = tuple(PROTOCOLS)
 

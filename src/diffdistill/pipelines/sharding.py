@@ -13,7 +13,7 @@ from typing import Any
 
 from kedro.pipeline import Node, Pipeline
 
-from diffdistill.pipelines.graph import base_parameters
+from diffdistill.pipelines.graph import base_parameters, bind
 
 SHARDS_PARAMETER = "shards"
 
@@ -99,3 +99,22 @@ def shard_copies(node_for_shard: Callable[[tuple[int, int]], Node], count: int, 
     copies = [Pipeline([node_for_shard((i, count))], namespace=namespace(i), inputs=inputs, parameters=parameters)
               for i in range(count)]
     return sum(copies, Pipeline([])), {f"part{i}": f"{namespace(i)}.{part}" for i in range(count)}
+
+
+def per_class_phase(phase: str, *, whole: Callable, per_class: Callable, merge: Callable, inputs: list[str],
+                    outputs: list[str], merge_inputs: list[str], shared: set[str], parameters: set[str]) -> Pipeline:
+    """A per-class phase as one node (`shards: 1`), or K class-shard copies of `per_class` writing `<phase>_part`
+    plus `<phase>.merge_shards`, which writes the very `outputs` of the one node. `merge_inputs` are the merge's
+    inputs before the parts; `shared` the inputs every shard reads unnamespaced."""
+    count = shard_count()
+    if count == 1:
+        return Pipeline([Node(whole, inputs=inputs, outputs=outputs, name=whole.__name__)])
+    part = f"{phase}_part"
+    shards, parts = shard_copies(
+        lambda shard: Node(bind(per_class, shard=shard), inputs=inputs, outputs=part, name=per_class.__name__),
+        count, part=part, inputs=shared, parameters=parameters)
+    node = Node(merge, inputs=[*merge_inputs, *parts], outputs=outputs, name="merge_shards")
+    # Namespace `<phase>` keeps the merge out of the shard groups; parts and outputs keep their catalog names.
+    unnamespaced = {name: name for name in merge_inputs if not name.startswith("params:")}
+    return shards + Pipeline([node], namespace=phase, inputs={**unnamespaced, **parts}, outputs=set(outputs),
+                             parameters={name for name in merge_inputs if name.startswith("params:")})

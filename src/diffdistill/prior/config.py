@@ -56,29 +56,31 @@ class NoiseScheduleConfig:
 
 
 @dataclass
-class AutoencoderTrainConfig:
-    steps: int = option(300, min=0)
-    batch_size: int = option(64, min=1)
+class OptimiserConfig:
+    """AdamW with gradient clipping, the same knobs for both training loops of the prior."""
+
     lr: float = option(2e-3, gt=0)
     weight_decay: float = option(0.01, min=0)
     grad_clip: float = option(1.0, gt=0)
-    l1_weight: float = option(0.5, min=0)
-    kl_weight: float = option(1e-4, min=0)  # times the KL per latent dimension
     max_seconds: float | None = option(None, gt=0)  # optional wall-clock cap (breaks byte-reproducibility when hit)
 
 
 @dataclass
-class DenoiserTrainConfig:
+class AutoencoderTrainConfig(OptimiserConfig):
+    steps: int = option(300, min=0)
+    batch_size: int = option(64, min=1)
+    l1_weight: float = option(0.5, min=0)
+    kl_weight: float = option(1e-4, min=0)  # times the KL per latent dimension
+
+
+@dataclass
+class DenoiserTrainConfig(OptimiserConfig):
     steps: int = option(750, min=0)
     batch_size: int = option(256, min=1)
-    lr: float = option(2e-3, gt=0)
-    weight_decay: float = option(0.01, min=0)
-    grad_clip: float = option(1.0, gt=0)
     warmup_steps: int = option(0, min=0)
     lr_schedule: str = option("constant", choices=("constant", "cosine"))  # cosine decays to 0 at `steps`
     label_dropout: float = option(0.1, min=0, lt=1)  # 0.1 keeps guidance usable
     ema_decay: float = option(0.995, min=0, lt=1)
-    max_seconds: float | None = option(None, gt=0)
 
 
 @dataclass
