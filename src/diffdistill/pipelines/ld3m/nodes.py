@@ -53,10 +53,11 @@ def merge_ld3m_parts(train_set: TensorBundle, params: dict[str, Any], device: st
     values also count its ghost classes (`distill.ld3m.computed_classes`)."""
     parts, name = sorted(parts, key=lambda p: p.meta["classes"][0]), set_name(objective, space, ipc, variant)
     check_parts_cover(parts, train_set.num_classes, name)
-    require_same(parts, ("state_meta",), name)
-    # The set's meta carries the first shard's iteration-0 diagnostic (its first chunk is the unsharded run's).
-    require_same([TensorBundle({}, {"set_meta": {k: v for k, v in p.meta["set_meta"].items() if k != "sensitivity"}})
-                  for p in parts], ("set_meta",), name)
+    # The metas carry the first shard's iteration-0 diagnostic (its first chunk is the unsharded run's first chunk);
+    # apart from it the shards must agree.
+    require_same([TensorBundle({}, {key: {k: v for k, v in p.meta[key].items() if k != "sensitivity"}
+                                    for key in ("set_meta", "state_meta")}) for p in parts],
+                 ("set_meta", "state_meta"), name)
     config = ld3m_config(params, train_set, device, objective=objective, space=space, ipc=ipc, variant=variant)
 
     def cat(names: list[str]) -> dict[str, torch.Tensor]:
