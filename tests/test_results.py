@@ -75,3 +75,14 @@ def test_committed_tables_have_the_fixed_header_and_the_readme_shows_them(path):
     for row in rows:
         assert row["arch"] in (*results.ARCHS, "unseen_mean") and int(row["n"]) >= 1
         assert not row["set"].endswith(tuple(f"_ipc{i}" for i in range(1, 1000)))
+
+
+def test_collect_keeps_the_rows_of_sets_this_project_did_not_measure(tmp_path):
+    old = results.rows_of(_record("herding_ipc10"), iterations=None, git_sha="old")
+    results.write_csv(old, tmp_path / "t.csv")
+    new = results.rows_of(_record("random_ipc10"), iterations=None, git_sha="new")
+    kept = results.keep_unmeasured(results.read_csv(tmp_path / "t.csv"), new)
+    assert {r["set"] for r in kept} == {"herding"} and {r["git_sha"] for r in kept} == {"old"}
+    assert results.keep_unmeasured(results.read_csv(tmp_path / "t.csv"), old) == []
+    results.write_csv(results.sort_rows(new + kept), tmp_path / "t.csv")
+    assert len(results.read_csv(tmp_path / "t.csv")) == len(old) + len(new)

@@ -1,7 +1,8 @@
 """Committed result tables: `results/<dataset>.csv` from a project's evaluation artifacts, and the README tables
 generated from those CSVs (never typed).
 
-    python -m diffdistill.results collect --dataset digits [--project .]   # data/ -> results/digits.csv
+    python -m diffdistill.results collect --dataset digits [--project .]   # data/ -> results/digits.csv (rows of
+                                                                            # sets not measured here are kept)
     python -m diffdistill.results readme                                    # results/*.csv -> README.md blocks
 
 One CSV row per set × IPC × architecture × protocol (`set` without its `_ipc<N>` suffix), plus rows with
@@ -132,6 +133,17 @@ def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                        r["protocol"], arch_order.get(r["arch"], 99), r["arch"]))
 
 
+def keep_unmeasured(old: list[dict[str, str]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of an existing table whose (set, ipc, protocol) this project did not measure (they keep their git_sha)."""
+    measured = {(str(r["set"]), str(r["ipc"]), str(r["protocol"])) for r in new}
+    kept = [r for r in old if (r["set"], r["ipc"], r["protocol"]) not in measured]
+    for row in kept:
+        for key in ("ipc", "n", "epochs"):
+            row[key] = int(row[key]) if row[key] != "" else ""
+        row["mean"], row["std"] = float(row["mean"]), float(row["std"])
+    return kept
+
+
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HEADER, lineterminator="\n")
@@ -211,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--dataset", required=True)
     c.add_argument("--project", default=".")
     c.add_argument("--out", default=None)
+    c.add_argument("--replace", action="store_true", help="drop the existing table's rows of sets not measured here")
     r = sub.add_parser("readme", help="results/*.csv -> the README's generated tables")
     r.add_argument("--readme", default="README.md")
     r.add_argument("--results", default="results")
@@ -219,8 +232,9 @@ def main(argv: list[str] | None = None) -> None:
         project = Path(args.project)
         rows = collect(project)
         out = Path(args.out or project / "results" / f"{args.dataset}.csv")
-        write_csv(rows, out)
-        print(f"{len(rows)} rows -> {out}")
+        kept = keep_unmeasured(read_csv(out), rows) if out.is_file() and not args.replace else []
+        write_csv(sort_rows(rows + kept), out)
+        print(f"{len(rows)} rows measured here, {len(kept)} kept from {out} -> {out}")
     else:
         changed = render_readme(Path(args.readme), Path(args.results))
         print(f"{args.readme}: {'updated' if changed else 'already up to date'}")
