@@ -68,6 +68,16 @@ def carve_validation(train: TensorBundle, fraction: float = 0.2, seed: int = 202
     return subset(keep), subset(held)
 
 
+def load_study_inputs(root: Path) -> tuple[TensorBundle, TensorBundle, Any]:
+    """(train minus the validation split, the validation split, the prior) from a project's latest saved
+    `train_set` and `prior_model`; torch threads from OMP_NUM_THREADS (default 1)."""
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    latest = Version(None, None)
+    full = TensorBundleDataset(filepath=str(root / "data/03_primary/train_set.safetensors"), version=latest).load()
+    prior = DiffusersFolderDataset(filepath=str(root / "data/06_models/prior_model"), version=latest).load()
+    return (*carve_validation(full), prior)
+
+
 def feature_gap(images: torch.Tensor, labels: torch.Tensor, real: TensorBundle, teacher) -> float:
     """Mean over classes of ||mean teacher feature of the set - mean feature of the real class||."""
     teacher.eval()
@@ -135,12 +145,7 @@ def main() -> None:
     parser.add_argument("--extra", default="", help="JSON list of extra knob dicts to try")
     parser.add_argument("--soft-labels", action="store_true", help="also score every set with the soft_label protocol")
     args = parser.parse_args()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    root = Path(args.project)
-    latest = Version(None, None)
-    full = TensorBundleDataset(filepath=str(root / "data/03_primary/train_set.safetensors"), version=latest).load()
-    prior = DiffusersFolderDataset(filepath=str(root / "data/06_models/prior_model"), version=latest).load()
-    train, val = carve_validation(full)
+    train, val, prior = load_study_inputs(Path(args.project))
     ipcs, seeds = [int(x) for x in args.ipcs.split(",")], [int(x) for x in args.seeds.split(",")]
     protocols = ["dc", "soft_label"] if args.soft_labels else ["dc"]
     out = Path(args.out)

@@ -17,20 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from kedro.config import OmegaConfigLoader
-from kedro.io.core import Version
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from d3hr_gap import carve_validation  # noqa: E402
+from d3hr_gap import load_study_inputs  # noqa: E402
 
-from diffdistill.datasets import DiffusersFolderDataset, TensorBundleDataset  # noqa: E402
 from diffdistill.distill.ld3m import distill_ld3m  # noqa: E402
 from diffdistill.evaluation import get_protocol, train_and_evaluate  # noqa: E402
 from diffdistill.evaluation.train import channel_stats  # noqa: E402
@@ -72,12 +68,8 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated objectives to run (default: all)")
     parser.add_argument("--part", default="0/1", help="i/n: run every n-th point from i (two processes side by side)")
     args = parser.parse_args()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     root = Path(args.project)
-    latest = Version(None, None)
-    full = TensorBundleDataset(filepath=str(root / "data/03_primary/train_set.safetensors"), version=latest).load()
-    prior = DiffusersFolderDataset(filepath=str(root / "data/06_models/prior_model"), version=latest).load()
-    train, val = carve_validation(full)
+    train, val, prior = load_study_inputs(root)
     params = base_params(root)
     ld3m_params = params["ld3m"]
     seeds = [int(s) for s in args.seeds.split(",")]

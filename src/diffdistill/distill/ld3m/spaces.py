@@ -10,6 +10,7 @@ its learning rates. The loop and the result packaging ask the spec; a new space 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,7 @@ LossFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
-class SpaceSpec:
+class SpaceSpec(ABC):
     """One space. `learnable`: the `LD3MState` fields the SGD step updates (the first is the one the gradient
     record reports); `default_lr`: per objective when `lr` is None; `dc_schedule`: DC's loop schedule when
     `dc.schedule` is None; `uses_prior`: it needs a latent prior (then the prior is frozen and checked)."""
@@ -45,41 +46,41 @@ class SpaceSpec:
     dc_schedule: str
     uses_prior: bool
 
+    @abstractmethod
     def variant(self, config: LD3MConfig) -> str | None:
         """The residual sampler's variant, None when the space runs no sampler."""
-        raise NotImplementedError
 
     @property
     def takes_variant(self) -> bool:
         """Whether `sampler.variant` (or a run's own variant) applies; the other spaces fix theirs."""
         return False
 
+    @abstractmethod
     def method(self, config: LD3MConfig) -> str:
         """The distilled set's `method`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def meta(self, config: LD3MConfig) -> dict[str, Any]:
         """What the space adds to the distilled set's metadata."""
-        raise NotImplementedError
 
+    @abstractmethod
     def prepare_prior(self, prior: Any, real: RealImages) -> Any:
         """The prior the space synthesises with, checked against the real images and frozen."""
-        raise NotImplementedError
 
+    @abstractmethod
     def init(self, picks: torch.Tensor | None, real: RealImages, prior: Any, config: LD3MConfig,
              generators: list[torch.Generator], labels: torch.Tensor) -> dict[str, Any]:
         """The `LD3MState` fields at iteration 0 from `picks` (encoded-real init: one real image per slot in
         [0, 1]; None for the noise init, drawn from `generators`, one per class)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def images(self, synth: Synthesizer, index: slice) -> torch.Tensor:
         """state[index] -> images in [0, 1] at the real images' size."""
-        raise NotImplementedError
 
+    @abstractmethod
     def backward(self, synth: Synthesizer, loss_fn: LossFn, images: torch.Tensor) -> tuple[torch.Tensor, float | None]:
         """The round's loss (detached), its gradient landing in the learnables' `.grad`; and the worst
         pass-2 regeneration error (None when nothing is regenerated). `images`: pass 1, without a graph."""
-        raise NotImplementedError
 
     def step_scales(self, real: RealImages, device: torch.device) -> dict[str, torch.Tensor]:
         """Per learnable, a factor on the learning rate (broadcasting against the tensor); absent: 1."""
