@@ -69,6 +69,22 @@ def artifact_digests(root: Path) -> dict[str, str]:
     return digests
 
 
+def platform() -> dict[str, str]:
+    """What the bytes depend on besides the code: torch's build and the CPU kernels it dispatches to."""
+    import platform as host
+
+    import torch
+
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "machine": host.machine()}
+
+
+def write_fixture(digests: dict[str, str]) -> None:
+    FIXTURE.parent.mkdir(parents=True, exist_ok=True)
+    FIXTURE.write_text(json.dumps({"platform": platform(), "sha256": digests}, indent=1, sort_keys=True) + "\n")
+    print(f"{len(digests)} artifact files -> {FIXTURE}")
+
+
 def run_env_test(tmp_path: Path) -> dict[str, str]:
     root = scratch_project(tmp_path)
     kedro(root, "run", "--env", "test", timeout=1800)
@@ -76,7 +92,11 @@ def run_env_test(tmp_path: Path) -> dict[str, str]:
 
 
 def test_env_test_artifacts_equal_the_fixture(tmp_path: Path) -> None:
-    want = json.loads(FIXTURE.read_text())
+    fixture = json.loads(FIXTURE.read_text())
+    if fixture["platform"] != platform():  # float kernels differ across CPUs / torch builds: bytes are per platform
+        pytest.skip(f"fixture recorded on {fixture['platform']}, this machine is {platform()}; "
+                    "regenerate with `python -m tests.test_same_bytes --write` before a restructuring")
+    want = fixture["sha256"]
     got = run_env_test(tmp_path)
     assert sorted(got) == sorted(want), {"missing": sorted(set(want) - set(got)), "new": sorted(set(got) - set(want))}
     changed = sorted(k for k in want if got[k] != want[k])
@@ -89,14 +109,9 @@ if __name__ == "__main__":
 
         with tempfile.TemporaryDirectory() as tmp:
             digests = run_env_test(Path(tmp))
-        FIXTURE.parent.mkdir(parents=True, exist_ok=True)
-        FIXTURE.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
-        print(f"{len(digests)} artifact files -> {FIXTURE}")
+        write_fixture(digests)
     elif len(sys.argv) == 3 and sys.argv[1] == "--from":  # a finished project folder (run by older code)
-        digests = artifact_digests(Path(sys.argv[2]))
-        FIXTURE.parent.mkdir(parents=True, exist_ok=True)
-        FIXTURE.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
-        print(f"{len(digests)} artifact files -> {FIXTURE}")
+        write_fixture(artifact_digests(Path(sys.argv[2])))
     elif len(sys.argv) == 3 and sys.argv[1] == "--compare":  # two finished project folders
         a, b = (artifact_digests(Path(p)) for p in sys.argv[2].split(","))
         print(json.dumps({"only_a": sorted(set(a) - set(b)), "only_b": sorted(set(b) - set(a)),
