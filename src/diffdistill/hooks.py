@@ -21,8 +21,11 @@ logger = logging.getLogger(__name__)
 class RuntimeHook:
     """Offline, telemetry-free defaults for every run (also when started from Python, not make)."""
 
-    @hook_impl
+    @hook_impl(tryfirst=True)  # before any hook reads context.params, which builds the pipelines
     def after_context_created(self, context: Any) -> None:
+        from diffdistill.pipelines.graph import set_run_environment
+
+        set_run_environment(context.env)  # before the pipelines are built: they read the env's graph keys
         for key, value in {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "true",
                            "MLFLOW_DISABLE_TELEMETRY": "true", "KEDRO_DISABLE_TELEMETRY": "1"}.items():
             os.environ.setdefault(key, value)

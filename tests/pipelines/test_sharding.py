@@ -62,10 +62,10 @@ def test_parts_that_do_not_tile_the_classes_are_refused():
 @pytest.fixture
 def shards(monkeypatch):
     """Build pipelines as if conf/base said `shards: K` (everything else from the real conf/base)."""
-    real = sharding.base_parameters
+    real = sharding.graph_parameter
 
     def with_shards(count):
-        monkeypatch.setattr(sharding, "base_parameters",
+        monkeypatch.setattr(sharding, "graph_parameter",
                             lambda key: count if key == sharding.SHARDS_PARAMETER else real(key))
     return with_shards
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from kedro.pipeline import Node, Pipeline
 
-from diffdistill.pipelines.graph import base_parameters, bind
+from diffdistill.pipelines.graph import graph_parameter, bind
 
 SHARDS_PARAMETER = "shards"
 
@@ -28,7 +28,7 @@ def check_shard_count(value: Any) -> int:
 
 def shard_count() -> int:
     """K from conf/base (the graph is the same in every environment, like `ipcs`)."""
-    return check_shard_count(base_parameters(SHARDS_PARAMETER))
+    return check_shard_count(graph_parameter(SHARDS_PARAMETER))
 
 
 def shard_namespace(index: int, count: int) -> str:

@@ -3,12 +3,12 @@
 from kedro.pipeline import Node, Pipeline
 
 from diffdistill.pipelines.baselines.nodes import make_herding_subset, make_random_subset
-from diffdistill.pipelines.graph import base_parameters, bind
+from diffdistill.pipelines.graph import graph_parameter, bind
 from diffdistill.pipelines.teacher import create_pipeline as teacher_pipeline
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    ipcs = [int(i) for i in base_parameters("ipcs")]
+    ipcs = [int(i) for i in graph_parameter("ipcs")]
     pipelines = []
     for ipc in ipcs:
         pipelines.append(Pipeline(

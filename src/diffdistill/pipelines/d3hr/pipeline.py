@@ -7,7 +7,7 @@ its classes) and `<set>.merge_shards` writes the set's usual artifacts.
 from kedro.pipeline import Node, Pipeline
 
 from diffdistill.pipelines.d3hr.nodes import d3hr_classes, generate_images, merge_d3hr_parts, select_groups
-from diffdistill.pipelines.graph import base_parameters, bind
+from diffdistill.pipelines.graph import graph_parameter, bind
 from diffdistill.pipelines.sharding import shard_copies, shard_count
 
 SHARED = {"class_gaussians", "train_set", "prior_model", "teacher_model"}
@@ -15,7 +15,7 @@ PARAMETERS = {"params:d3hr", "params:device"}
 
 
 def d3hr_methods() -> list[str]:
-    return ["d3hr"] + (["d3hr_factorised"] if base_parameters("d3hr.factorised_side_by_side") else [])
+    return ["d3hr"] + (["d3hr_factorised"] if graph_parameter("d3hr.factorised_side_by_side") else [])
 
 
 def _unsharded(ipc: int, factorised: bool) -> list[Node]:
@@ -47,7 +47,7 @@ def create_pipeline(**kwargs) -> Pipeline:
     count = shard_count()
     pipelines = []
     for method in d3hr_methods():
-        for ipc in [int(i) for i in base_parameters("ipcs")]:
+        for ipc in [int(i) for i in graph_parameter("ipcs")]:
             name, factorised = f"{method}_ipc{ipc}", method == "d3hr_factorised"
             if count == 1:
                 pipelines.append(Pipeline(_unsharded(ipc, factorised), namespace=name, inputs=SHARED,

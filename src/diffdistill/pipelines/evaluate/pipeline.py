@@ -3,7 +3,7 @@
 from kedro.pipeline import Node, Pipeline
 
 from diffdistill.pipelines.evaluate.nodes import evaluate_full_data, evaluate_set
-from diffdistill.pipelines.graph import base_parameters, bind, set_names
+from diffdistill.pipelines.graph import graph_parameter, bind, set_names
 
 SHARED_INPUTS = {"train_set", "test_set", "teacher_model"}
 SHARED_PARAMS = {"params:evaluate", "params:device"}
@@ -13,9 +13,9 @@ def evaluated_sets() -> list[str]:
     """`evaluate.methods` plus one method per LD3M run (`ld3m_<objective>_<space>`, from `ld3m.runs`)."""
     from diffdistill.pipelines.ld3m.pipeline import ld3m_methods
 
-    methods = list(base_parameters("evaluate.methods"))
+    methods = list(graph_parameter("evaluate.methods"))
     methods += [m for m in ld3m_methods() if m not in methods]
-    return set_names(methods, base_parameters("ipcs"))
+    return set_names(methods, graph_parameter("ipcs"))
 
 
 def create_pipeline(**kwargs) -> Pipeline:

@@ -6,7 +6,7 @@ Which (objective, space) pairs exist is `ld3m.runs` in conf/base (read when the 
 from kedro.pipeline import Node, Pipeline
 
 from diffdistill.distill.ld3m import SPACE_SPECS
-from diffdistill.pipelines.graph import base_parameters, bind, set_names
+from diffdistill.pipelines.graph import graph_parameter, bind, set_names
 from diffdistill.pipelines.ld3m.nodes import distill_ld3m_classes, distill_ld3m_set, merge_ld3m_parts
 from diffdistill.pipelines.ld3m.params import check_run, method_name, set_name
 from diffdistill.pipelines.sharding import shard_copies, shard_count
@@ -19,7 +19,7 @@ def ld3m_runs() -> list[tuple[str, str, str | None]]:
     """(objective, space, variant or None) of conf/base `ld3m.runs`, checked. A run without `variant` uses
     `ld3m.sampler.variant` (the reproduction default); one with it is an extra set suffixed with its name."""
     runs = []
-    for entry in base_parameters("ld3m.runs"):
+    for entry in graph_parameter("ld3m.runs"):
         if not isinstance(entry, dict) or not {"objective", "space"} <= set(entry) <= {"objective", "space",
                                                                                      "variant"}:
             raise ValueError("ld3m.runs entries look like {objective: dm, space: latent} or "
@@ -37,7 +37,7 @@ def ld3m_methods() -> list[str]:
 
 
 def ld3m_sets() -> list[str]:
-    return set_names(ld3m_methods(), [int(i) for i in base_parameters("ipcs")])
+    return set_names(ld3m_methods(), [int(i) for i in graph_parameter("ipcs")])
 
 
 def _sharded(objective: str, space: str, variant: str | None, ipc: int, inputs: dict[str, str],
@@ -58,7 +58,7 @@ def _sharded(objective: str, space: str, variant: str | None, ipc: int, inputs: 
 
 def create_pipeline(**kwargs) -> Pipeline:
     """One namespace per set; with `shards: K` > 1 the DM sets (classes independent) run as K class shards."""
-    ipcs = [int(i) for i in base_parameters("ipcs")]
+    ipcs = [int(i) for i in graph_parameter("ipcs")]
     count = shard_count()
     pipelines = []
     for objective, space, variant in ld3m_runs():

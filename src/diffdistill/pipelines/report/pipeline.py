@@ -3,7 +3,7 @@
 from kedro.pipeline import Node, Pipeline
 
 from diffdistill.pipelines.evaluate.pipeline import evaluated_sets
-from diffdistill.pipelines.graph import base_parameters
+from diffdistill.pipelines.graph import graph_parameter
 from diffdistill.pipelines.ld3m.nodes import set_name
 from diffdistill.pipelines.ld3m.pipeline import ld3m_runs
 from diffdistill.pipelines.report.nodes import build_report, gradient_snr_plot
@@ -15,7 +15,7 @@ def residual_pairs() -> list[str]:
     objectives = [o for o, space, variant in runs if space == "latent" and not variant
                   and (o, "no_residual", None) in runs]
     return [f"{set_name(o, space, int(ipc))}.ld3m_gradients" for o in sorted(objectives)
-            for ipc in base_parameters("ipcs") for space in ("latent", "no_residual")]
+            for ipc in graph_parameter("ipcs") for space in ("latent", "no_residual")]
 
 
 def create_pipeline(**kwargs) -> Pipeline:
