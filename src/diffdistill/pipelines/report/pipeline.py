@@ -20,10 +20,12 @@ def residual_pairs() -> list[str]:
 
 def create_pipeline(**kwargs) -> Pipeline:
     results = ["full.eval_results"] + [f"{name}.eval_results" for name in evaluated_sets()]
+    pairs = residual_pairs()
+    snr = [Node(gradient_snr_plot, inputs=["params:ld3m", *pairs], outputs="report_gradient_snr",
+                name="gradient_snr_plot")] if pairs else []  # Fig. 7 needs latent and no_residual runs
     return Pipeline([
         Node(build_report, inputs=["params:evaluate", *results],
              outputs=["report_table_markdown", "report_table_html", "report_table_csv", "report_plot",
                       "report_summary"], name="build_report"),
-        Node(gradient_snr_plot, inputs=["params:ld3m", *residual_pairs()], outputs="report_gradient_snr",
-             name="gradient_snr_plot"),
+        *snr,
     ])
