@@ -81,9 +81,11 @@ def free_port() -> int:
     raise RuntimeError("no free loopback port in 20000-31999")
 
 
-def start_expected_graph(root: Path) -> subprocess.Popen:
-    """Start reading the registered pipelines in `root` (a separate process: kedro's project globals stay clean)."""
-    return subprocess.Popen([sys.executable, "-c", _EXPECTED_GRAPH_SCRIPT], cwd=root, env=project_env(),
+def start_expected_graph(root: Path, env: str = "test") -> subprocess.Popen:
+    """Start reading the registered pipelines of environment `env` in `root` (a separate process: kedro's project
+    globals stay clean). The graph-building keys are read per environment, so this must match `kedro viz --env`."""
+    return subprocess.Popen([sys.executable, "-c", _EXPECTED_GRAPH_SCRIPT], cwd=root,
+                            env={**project_env(), "KEDRO_ENV": env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

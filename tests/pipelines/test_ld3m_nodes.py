@@ -174,6 +174,9 @@ def test_a_killed_run_resumes_to_the_same_bytes(monkeypatch):
 
 def test_registry_builds_one_namespace_per_run_and_ipc(monkeypatch):
     monkeypatch.chdir(PROJECT)
+    from diffdistill.pipelines import graph
+
+    monkeypatch.setattr(graph, "_run_env", {"env": "grid"})  # conf/base alone: the full grid
     from diffdistill.pipelines.evaluate.pipeline import evaluated_sets
     from diffdistill.pipelines.ld3m.pipeline import create_pipeline
     from diffdistill.pipelines.report.pipeline import residual_pairs
