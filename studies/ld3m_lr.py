@@ -59,6 +59,55 @@ def base_params(project: Path) -> dict[str, Any]:
     return loader["parameters"]
 
 
+def study_experts(train, params: dict[str, Any]) -> list:
+    """MTT expert trajectories trained on the study's train part (conf `experts`)."""
+    bundle, _ = train_expert_trajectories(train, params["experts"], "cpu")
+    return list(bundle["trajectories"].unbind(0))
+
+
+def judge_protocol(train, params: dict[str, Any]):
+    """The judge's protocol: `dc`, 100 epochs, the train part's statistics, conf/base precision."""
+    mean, std = channel_stats(train["images"])
+    return get_protocol("dc", mean=mean.tolist(), std=std.tolist(), epochs=100,
+                        precision=params["evaluate"]["protocol_overrides"].get("precision", "fp32"))
+
+
+def run_point(train, val, prior, params: dict[str, Any], *, objective: str, space: str, variant: str | None,
+              lr: float, ipc: int, protocol, seeds: list[int], experts: list | None,
+              iterations: int | None = None, archs: tuple[str, ...] = ("convnet",)) -> dict[str, Any]:
+    """Distil one set with the pipeline's config resolution and loop, score it on the validation split.
+
+    `iterations` overrides conf `ld3m.iterations` for this point; per arch: mean and std over the judge seeds.
+    """
+    ld3m_params = params["ld3m"]
+    run_params = {**ld3m_params, "lr": {space + (f"_{variant}" if variant else ""): {objective: lr}}}
+    if iterations is not None:
+        run_params["iterations"] = {**ld3m_params["iterations"], objective: iterations}
+    config = ld3m_config(run_params, train, "cpu", objective=objective, space=space, ipc=ipc, variant=variant)
+    overrides = dict(ld3m_params.get("net_overrides") or {})
+    factory = net_factory(getattr(config, objective).net, int(train["images"].shape[1]), train.num_classes,
+                          int(train["images"].shape[-1]), overrides)
+    history: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    result = distill_ld3m(train, None if space == "pixel" else prior, config, experts=experts,
+                          on_step=history.append, net_factory=factory, class_names=train.class_names)
+    seconds = time.perf_counter() - started
+    scores = {}
+    for arch in archs:
+        accs = [100 * train_and_evaluate(result.images, val, arch=arch, protocol=protocol, seed=s)["test_accuracy"]
+                for s in seeds]
+        mean_acc = sum(accs) / len(accs)
+        spread = (sum((a - mean_acc) ** 2 for a in accs) / max(len(accs) - 1, 1)) ** 0.5
+        scores[arch] = (mean_acc, spread)
+    first = archs[0]
+    return {"set": method_name(objective, space, variant), "objective": objective, "space": space,
+            "variant": variant or (ld3m_params["sampler"]["variant"] if space == "latent" else None), "lr": lr,
+            "ipc": ipc, "iterations": config.iterations, "val_acc": scores[first][0], "val_std": scores[first][1],
+            "val_by_arch": {a: {"mean": m, "std": sd} for a, (m, sd) in scores.items()}, "seeds": seeds,
+            "distill_s": round(seconds, 1), "final_loss": history[-1]["loss"] if history else None,
+            **{k: v for k, v in (history[0] if history else {}).items() if k.startswith("init_")}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", default=".", help="kedro project with train_set and prior_model saved")
@@ -71,11 +120,8 @@ def main() -> None:
     root = Path(args.project)
     train, val, prior = load_study_inputs(root)
     params = base_params(root)
-    ld3m_params = params["ld3m"]
     seeds = [int(s) for s in args.seeds.split(",")]
-    mean, std = channel_stats(train["images"])
-    protocol = get_protocol("dc", mean=mean.tolist(), std=std.tolist(), epochs=100,
-                            precision=params["evaluate"]["protocol_overrides"].get("precision", "fp32"))
+    protocol = judge_protocol(train, params)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = set()
@@ -91,28 +137,9 @@ def main() -> None:
         if (name, lr) in done:
             continue
         if objective == "mtt" and experts is None:
-            bundle, _ = train_expert_trajectories(train, params["experts"], "cpu")
-            experts = list(bundle["trajectories"].unbind(0))
-        run_params = {**ld3m_params, "lr": {space + (f"_{variant}" if variant else ""): {objective: lr}}}
-        config = ld3m_config(run_params, train, "cpu", objective=objective, space=space, ipc=args.ipc,
-                             variant=variant)
-        overrides = dict(ld3m_params.get("net_overrides") or {})
-        factory = net_factory(getattr(config, objective).net, int(train["images"].shape[1]), train.num_classes,
-                              int(train["images"].shape[-1]), overrides)
-        history: list[dict[str, Any]] = []
-        started = time.perf_counter()
-        result = distill_ld3m(train, None if space == "pixel" else prior, config, experts=experts,
-                              on_step=history.append, net_factory=factory, class_names=train.class_names)
-        seconds = time.perf_counter() - started
-        accs = [train_and_evaluate(result.images, val, arch="convnet", protocol=protocol, seed=s)["test_accuracy"]
-                for s in seeds]
-        mean_acc = sum(accs) / len(accs)
-        spread = (sum((a - mean_acc) ** 2 for a in accs) / max(len(accs) - 1, 1)) ** 0.5
-        record = {"set": name, "objective": objective, "space": space, "variant": variant or
-                  (ld3m_params["sampler"]["variant"] if space == "latent" else None), "lr": lr, "ipc": args.ipc,
-                  "iterations": config.iterations, "val_acc": 100 * mean_acc, "val_std": 100 * spread,
-                  "seeds": seeds, "distill_s": round(seconds, 1), "final_loss": history[-1]["loss"] if history
-                  else None, **{k: v for k, v in (history[0] if history else {}).items() if k.startswith("init_")}}
+            experts = study_experts(train, params)
+        record = run_point(train, val, prior, params, objective=objective, space=space, variant=variant, lr=lr,
+                           ipc=args.ipc, protocol=protocol, seeds=seeds, experts=experts)
         print(json.dumps(record), flush=True)
         with out.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
