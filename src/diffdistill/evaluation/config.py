@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diffdistill.config import ConfigError, option
+from diffdistill.data.external import ExternalSetConfig
 from diffdistill.evaluation.protocols import PROTOCOL_NAMES
 
 
@@ -46,6 +47,8 @@ class EvaluateConfig:
     full_data: FullDataConfig
     protocol_overrides: dict[str, Any] = field(default_factory=dict)  # ProtocolConfig fields
     methods: list[str] = field(default_factory=list)  # read when the graph is built (namespaces)
+    # sets made elsewhere, name -> file or folder; read when the graph is built (namespaces external_<name>_ipc<N>)
+    external: dict[str, ExternalSetConfig] = field(default_factory=dict)
 
     def check(self, path: str) -> None:
         if not self.archs:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 # Parameters read when the graph is built (dotted paths). `--params` may not set them (see user_errors).
-GRAPH_KEYS = ("ipcs", "ld3m.runs", "evaluate.methods", "shards", "d3hr.factorised_side_by_side")
+GRAPH_KEYS = ("ipcs", "ld3m.runs", "evaluate.methods", "shards", "d3hr.factorised_side_by_side",
+              "evaluate.external")
 
 _run_env: dict[str, str | None] = {"env": None}
 

@@ -22,6 +22,8 @@ def row_label(meta: dict[str, Any]) -> tuple[str, str]:
         return "real", {"random": "random subset", "herding": "herding"}[method]
     if method == "full":
         return "real", "full data (upper bound)"
+    if method == "external":
+        return "external", str(meta.get("name", "?"))
     if method == "d3hr":
         return "noise (D3HR)", "group sampling" + (" (factorised)" if meta.get("variant") == "factorised" else "")
     space = str(meta.get("space", "latent"))
