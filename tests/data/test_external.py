@@ -153,7 +153,7 @@ def test_missing_classes_are_named(tmp_path: Path, split: TensorBundle) -> None:
     root = write_png_folder(tmp_path / "set", {"0": 2, "1": 2, "3": 2})
     error = assert_clear_error(lambda: load_external_set(root, split), str(root), "2 (owl)", case="missing class")
     assert isinstance(error, ExternalSetError) and isinstance(error, ConfigError)
-    assert "no images of class 2 (owl) of the test split's 4; add images of it" in str(error)
+    assert "no images of class 2 (owl) of the test split's 4 classes; add images of it" in str(error)
 
 
 def test_unbalanced_ipc_gives_the_count_of_every_class(tmp_path: Path, split: TensorBundle) -> None:

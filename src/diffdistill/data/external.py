@@ -285,7 +285,8 @@ def _checked_images(path: Path, images: torch.Tensor, shape: tuple[int, ...],
         raise ExternalSetError(f"{path} holds no images; a distilled set needs at least one image per class")
     if images.shape[1] != channels:
         raise ExternalSetError(f"{path}: images have {images.shape[1]} channels, the test split's have {channels} "
-                               f"(test images are {channels}×{height}×{width}); store the set with {channels}")
+                               f"(test images are {channels}×{height}×{width}); store the set with {channels} "
+                               f"channel{'s' if channels > 1 else ''}")
     if tuple(images.shape[2:]) != (height, width):
         raise ExternalSetError(f"{path}: images are {images.shape[2]}×{images.shape[3]} px, the test split's are "
                                f"{height}×{width}; resize the set to {height}×{width}")
@@ -302,7 +303,7 @@ def _checked_images(path: Path, images: torch.Tensor, shape: tuple[int, ...],
     if not bool(finite.all()):
         bad_rows = (~finite).flatten(1).any(dim=1).nonzero().flatten()
         raise ExternalSetError(f"{path}: {int((~finite).sum())} image values are NaN or inf, in "
-                               f"{len(bad_rows)} images (first: row {int(bad_rows[0])}); the set diverged or was "
+                               f"{len(bad_rows)} image{'s' if len(bad_rows) > 1 else ''} (first: row {int(bad_rows[0])}); the set diverged or was "
                                "saved wrongly — re-create or re-export it")
     if normalisation is not None:
         mean, std = (torch.tensor(v, dtype=torch.float32).reshape(1, -1, 1, 1) for v in normalisation)
@@ -356,7 +357,7 @@ def _checked_counts(path: Path, labels: torch.Tensor, num_classes: int, class_na
     missing = [_class_label(k, class_names) for k, n in enumerate(counts) if n == 0]
     if missing:
         raise ExternalSetError(f"{path} has no images of class{'es' if len(missing) > 1 else ''} "
-                               f"{', '.join(missing)} of the test split's {num_classes}; add images of "
+                               f"{', '.join(missing)} of the test split's {num_classes} classes; add images of "
                                f"{'them' if len(missing) > 1 else 'it'} (the set is scored on every class)")
     if len(set(counts)) > 1:
         per_class = ", ".join(f"{_class_label(k, class_names)}: {n}" for k, n in enumerate(counts))

@@ -12,7 +12,7 @@ from diffdistill.config import ConfigError, build
 from diffdistill.data.external import ExternalSetConfig
 from diffdistill.pipelines.evaluate.external import evaluate_external_set, import_external_set
 from diffdistill.pipelines.evaluate.nodes import evaluate_full_data, evaluate_set
-from diffdistill.pipelines.graph import graph_parameter, bind, set_names
+from diffdistill.pipelines.graph import bind, graph_parameter, set_names
 
 SHARED_INPUTS = {"train_set", "test_set", "teacher_model"}
 SHARED_PARAMS = {"params:evaluate", "params:device"}
