@@ -101,7 +101,7 @@ def load_external_set(path: str | os.PathLike[str], split: TensorBundle, *, form
     """The set at `path` as a distilled-set bundle, checked against `split` (the real split it is scored on).
 
     Images stay uint8 when stored as uint8, else float32 in [0, 1]. `ipc` (None: inferred) must equal the count
-    of every class. `mean` / `std` undo a normalisation of float images (they override none in the file: both
+    of every class. `mean` / `std` undo a normalisation of float images (else the file's `mean` / `std` do; both
     given and different is an error). Meta: `method` "external", `ipc`, `num_classes`, `class_names`, `source`
     of the split, and `external` = {`path` (resolved), `format`, `sha256` (of the file; of a folder, of the
     `sha256sum`-style manifest of its images), `num_files` (folders), `mean` / `std` when undone}.
