@@ -12,7 +12,18 @@
   quarter-cosine stops at 0.5×); per-arch lr (ConvNet/ResNet18 1e-3, VGG11 5e-4,
   AlexNet/ViT 1e-4); batch 50.
 
-Schedules are per optimiser step (`lr_at`). Normalisation: per-channel mean/std from
+The papers' own protocols, exactly as their code runs them (each set is also scored under its paper's protocol,
+`evaluate.paper_protocols`):
+- `dc_reference`: DC / DSA / DM / MTT `evaluate_synset`: `epochs` + 1 epochs (`range(Epoch + 1)`), lr × 0.1 once
+  epoch `epochs // 2 + 1` has run, SGD recreated there (momentum reset); the set's learned `syn_lr` (MTT) as lr
+  when its meta has one, else 0.01 (MTT's initial syn_lr: what its code trains a set without a learned one at);
+  DC's VGG11 (`vgg11_dc`).
+- `glad_reference`: `glad` with GLaD's evaluation nets (`vgg11_glad`: 7×7 pool; `vit_glad`: no LayerNorm, dropout).
+- `soft_label_reference`: D3HR's `validate.py` (RDED's): `soft_label` with the batch size by IPC (15 below 10,
+  50 below 50, else 100), the quarter cosine per epoch (ends at 0.5× lr), 300 epochs (ImageNet / Tiny; CIFAR
+  400: override `epochs`), BatchNorm ConvNet / ResNet-18 (`convnet_bn`, `resnet18_bn`).
+
+Schedules are per optimiser step (`lr_at`), the references' per epoch. Normalisation: per-channel mean/std from
 `ProtocolConfig.mean/std` if given, else the train bundle's `meta["mean"]/meta["std"]`
 (distilled sets should carry the real split's statistics there), else computed from the
 train images.
@@ -22,15 +33,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from diffdistill.augment import DSA
 from diffdistill.config import ConfigError, build, option
-from diffdistill.nets import arch_family
+from diffdistill.nets import NET_NAMES, arch_family
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("step", "warmup_cosine", "cosine", "constant")
+SCHEDULES = ("step", "warmup_cosine", "cosine", "constant", "quarter_cosine")
+# `step`: where lr × gamma starts. half_of_steps: optimiser step total // 2. after_epoch_half_plus_one: DC's
+# `lr_schedule = [Epoch // 2 + 1]`, checked after each epoch: from epoch epochs // 2 + 2 (0-based) on.
+DECAY_POINTS = ("half_of_steps", "after_epoch_half_plus_one")
 AUGMENTS = ("dsa", "crop_flip", "none")
 PRECISIONS = ("fp32", "bf16")
 LOSSES = ("ce", "soft_label")
@@ -50,7 +65,15 @@ class ProtocolConfig:
     weight_decay: float = option(5e-4, min=0)
     decay_norm_and_bias: bool = True  # False: no weight decay on 1-D params (biases, norm affines)
     schedule: str = option("step", choices=SCHEDULES)
-    step_gamma: float = option(0.1, gt=0)  # `step`: lr × gamma from half of training on
+    step_gamma: float = option(0.1, gt=0)  # `step`: lr × gamma from the decay point on
+    decay_at: str = option("half_of_steps", choices=DECAY_POINTS)  # `step`: the decay point
+    reset_optimizer_at_decay: bool = False  # `step`: a fresh optimiser (no momentum) at the decay, as DC recreates SGD
+    extra_epoch: bool = False  # train epochs + 1 epochs, as DC / MTT's `range(Epoch + 1)`
+    # {ipc: batch size}: a set whose meta `ipc` is >= a key trains with the largest such key's batch size (D3HR:
+    # {1: 15, 10: 50, 50: 100}); sets without an ipc (the full data) and empty tables use `batch_size`
+    batch_size_by_ipc: dict[int, int] = field(default_factory=dict)
+    lr_from_meta: str | None = None  # a train-set meta key holding the lr (MTT's learned "syn_lr"); absent: `lr`
+    nets: dict[str, str] = field(default_factory=dict)  # arch -> build_net name trained for it (reference nets)
     warmup_start_factor: float = 1e-7  # `warmup_cosine`: lr starts at factor · lr
     augment: str = option("dsa", choices=AUGMENTS)
     dsa_strategy: str | None = None  # None: dsa_strategy_for(train.meta dataset / source name)
@@ -69,6 +92,18 @@ class ProtocolConfig:
         bad = {k: v for k, v in self.arch_lr.items() if v <= 0}
         if bad:
             raise ConfigError(f"{path}.arch_lr has learning rates <= 0: {bad}")
+        if self.schedule != "step" and (self.decay_at != "half_of_steps" or self.reset_optimizer_at_decay):
+            key = "reset_optimizer_at_decay" if self.reset_optimizer_at_decay else "decay_at"
+            raise ConfigError(f"{path}.{key} applies to schedule 'step' only; this protocol's schedule is "
+                              f"{self.schedule!r}")
+        table = self.batch_size_by_ipc
+        if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 or isinstance(v, bool)
+               or not isinstance(v, int) or v < 1 for k, v in table.items()):
+            raise ConfigError(f"{path}.batch_size_by_ipc must map IPCs (ints >= 1) to batch sizes (ints >= 1), "
+                              f"got {table}")
+        unknown = {arch: net for arch, net in self.nets.items() if net not in NET_NAMES}
+        if unknown:
+            raise ConfigError(f"{path}.nets names unknown nets {unknown}; valid nets: {', '.join(NET_NAMES)}")
         if self.dsa_strategy is not None:
             try:
                 DSA(self.dsa_strategy)  # an unknown family fails here, before any training
@@ -82,22 +117,60 @@ class ProtocolConfig:
     def lr_for(self, arch: str) -> float:
         return float(self.arch_lr.get(arch_family(arch), self.lr))
 
+    def learning_rate(self, arch: str, meta: Mapping[str, Any]) -> tuple[float, str]:
+        """(base lr, where it came from) for `arch` on a train set with this `meta`: the set's own lr
+        (`lr_from_meta`, e.g. MTT's learned syn_lr: "meta.syn_lr") when it carries one, else `lr_for(arch)`
+        ("protocol")."""
+        if self.lr_from_meta is None or meta.get(self.lr_from_meta) is None:
+            return self.lr_for(arch), "protocol"
+        value = meta[self.lr_from_meta]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"the train set's meta {self.lr_from_meta!r} = {value!r} is not a positive learning rate; "
+                             f"protocol {self.name!r} trains with it (MTT's learned syn_lr can go negative or "
+                             "diverge: re-distill the set, or evaluate it under a protocol without lr_from_meta)")
+        return float(value), f"meta.{self.lr_from_meta}"
+
+    def batch_size_for(self, ipc: int | None) -> int:
+        """The batch size for a set of `ipc` images per class (`batch_size_by_ipc`; None: `batch_size`)."""
+        fitting = [k for k in self.batch_size_by_ipc if ipc is not None and k <= ipc]
+        return self.batch_size_by_ipc[max(fitting)] if fitting else self.batch_size
+
+    def net_for(self, arch: str) -> str:
+        """The `build_net` name trained for the evaluation architecture `arch` (`nets`, else `arch` itself)."""
+        return self.nets.get(arch, arch)
+
+    @property
+    def epochs_trained(self) -> int:
+        return self.epochs + 1 if self.extra_epoch else self.epochs
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+_DC = ProtocolConfig(name="dc", epochs=1000, batch_size=256, optimizer="sgd", lr=0.01, schedule="step")
+# GLaD's evaluate_synset: per-arch lr, warm-up then cosine, weight EMA.
+_GLAD = ProtocolConfig(name="glad", epochs=1000, batch_size=256, optimizer="sgd", lr=1e-3, schedule="warmup_cosine",
+                       ema_decay=0.995,
+                       arch_lr={"convnet": 1e-3, "resnet18": 1e-3, "vgg11": 1e-4, "alexnet": 1e-3, "vit": 1e-3})
+# RDED / D3HR: teacher soft labels (KL, T = 20) on CutMix-ed crops, AdamW without decay on biases / norms.
+_SOFT_LABEL = ProtocolConfig(name="soft_label", epochs=300, batch_size=50, optimizer="adamw", lr=1e-3, momentum=0.0,
+                             weight_decay=0.01, decay_norm_and_bias=False, schedule="cosine", augment="crop_flip",
+                             loss="soft_label", temperature=20.0, cutmix=True,
+                             arch_lr={"convnet": 1e-3, "resnet18": 1e-3, "vgg11": 5e-4, "alexnet": 1e-4, "vit": 1e-4})
 PROTOCOLS: dict[str, ProtocolConfig] = {
-    "dc": ProtocolConfig(name="dc", epochs=1000, batch_size=256, optimizer="sgd", lr=0.01, schedule="step"),
-    # GLaD's evaluate_synset: per-arch lr, warm-up then cosine, weight EMA.
-    "glad": ProtocolConfig(name="glad", epochs=1000, batch_size=256, optimizer="sgd", lr=1e-3, schedule="warmup_cosine",
-                           ema_decay=0.995,
-                           arch_lr={"convnet": 1e-3, "resnet18": 1e-3, "vgg11": 1e-4, "alexnet": 1e-3, "vit": 1e-3}),
-    # RDED / D3HR: teacher soft labels (KL, T = 20) on CutMix-ed crops, AdamW without decay on biases / norms.
-    "soft_label": ProtocolConfig(name="soft_label", epochs=300, batch_size=50, optimizer="adamw", lr=1e-3,
-                                 momentum=0.0, weight_decay=0.01, decay_norm_and_bias=False, schedule="cosine",
-                                 augment="crop_flip", loss="soft_label", temperature=20.0, cutmix=True,
-                                 arch_lr={"convnet": 1e-3, "resnet18": 1e-3, "vgg11": 5e-4, "alexnet": 1e-4,
-                                          "vit": 1e-4}),
+    "dc": _DC,
+    "glad": _GLAD,
+    "soft_label": _SOFT_LABEL,
+    # DC/DSA/DM/MTT's evaluate_synset (utils.py of both repositories): range(Epoch + 1), decay and a fresh SGD once
+    # epoch Epoch // 2 + 1 has run; MTT trains with its learned syn_lr (lr_net = syn_lr.item()).
+    "dc_reference": dataclasses.replace(
+        _DC, name="dc_reference", extra_epoch=True, decay_at="after_epoch_half_plus_one",
+        reset_optimizer_at_decay=True, lr_from_meta="syn_lr", nets={"vgg11": "vgg11_dc"}),
+    "glad_reference": dataclasses.replace(_GLAD, name="glad_reference", nets={"vgg11": "vgg11_glad", "vit": "vit_glad"}),
+    # D3HR's validate.py (RDED's): batch 15 / 50 / 100 by IPC, LambdaLR 0.5·(1 + cos(π·epoch / (2·epochs))).
+    "soft_label_reference": dataclasses.replace(
+        _SOFT_LABEL, name="soft_label_reference", schedule="quarter_cosine", batch_size_by_ipc={1: 15, 10: 50, 50: 100},
+        nets={"convnet": "convnet_bn", "resnet18": "resnet18_bn"}),
 }
 PROTOCOL_NAMES: tuple[str, ...] = tuple(PROTOCOLS)
 
@@ -116,24 +189,38 @@ def get_protocol(protocol: str | ProtocolConfig, *, path: str = "protocol", **ov
     return build(ProtocolConfig, {**base.to_dict(), **overrides}, path)
 
 
-def lr_at(protocol: ProtocolConfig, step: int, total_steps: int, base_lr: float | None = None) -> float:
+def decay_step(protocol: ProtocolConfig, total_steps: int, steps_per_epoch: int = 1) -> int:
+    """The first optimiser step at lr·gamma under `schedule: step` (>= total_steps: the run never decays)."""
+    if protocol.decay_at == "half_of_steps":
+        return total_steps // 2
+    return (protocol.epochs // 2 + 2) * steps_per_epoch  # DC decays after epoch epochs // 2 + 1 has run
+
+
+def lr_at(protocol: ProtocolConfig, step: int, total_steps: int, base_lr: float | None = None, *,
+          steps_per_epoch: int = 1) -> float:
     """Learning rate for optimiser step `step` (0-based) of `total_steps`; `base_lr` defaults to `protocol.lr`.
 
-    step:          base until step total//2, then base·gamma.
-    warmup_cosine: linear from start_factor·base to base over the first total//2 steps,
-                   then base·½(1 + cos(π·p)), p going 0 → 1 over the rest (0 at step == total).
-    cosine:        base·½(1 + cos(π·step/total)), 0 at step == total.
+    step:           base until `decay_step`, then base·gamma.
+    warmup_cosine:  linear from start_factor·base to base over the first total//2 steps,
+                    then base·½(1 + cos(π·p)), p going 0 → 1 over the rest (0 at step == total).
+    cosine:         base·½(1 + cos(π·step/total)), 0 at step == total.
+    quarter_cosine: per epoch e = step // steps_per_epoch, base·½(1 + cos(π·e / (2·epochs))): D3HR / RDED's
+                    LambdaLR, stepped once per epoch; it ends near 0.5·base, not 0.
     """
     if total_steps < 1 or not 0 <= step <= total_steps:
         raise ValueError(f"need 0 <= step <= total_steps and total_steps >= 1, got step={step}, total={total_steps}")
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
     base = protocol.lr if base_lr is None else base_lr
     half = total_steps // 2
     if protocol.schedule == "constant":
         return base
     if protocol.schedule == "step":
-        return base * protocol.step_gamma if step >= half else base
+        return base * protocol.step_gamma if step >= decay_step(protocol, total_steps, steps_per_epoch) else base
     if protocol.schedule == "cosine":
         return base * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+    if protocol.schedule == "quarter_cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * (step // steps_per_epoch) / (2 * protocol.epochs)))
     # warmup_cosine
     if step < half:
         start = protocol.warmup_start_factor

@@ -19,7 +19,7 @@ from torch import nn
 
 from diffdistill.augment import DSA, cutmix, dsa_strategy_for, random_resized_crop_flip
 from diffdistill.data.bundle import TensorBundle, to_unit
-from diffdistill.evaluation.protocols import ProtocolConfig, get_protocol, lr_at
+from diffdistill.evaluation.protocols import ProtocolConfig, decay_step, get_protocol, lr_at
 from diffdistill.nets import build_net
 from diffdistill.rng import split_seeds
 
@@ -250,7 +250,9 @@ def fit(
 
     The returned model takes [0, 1] images and is in eval mode; it holds the EMA weights
     when the protocol uses an EMA. `val` (optional) is scored every `val_every` epochs
-    (default: 10 times per run) for monitoring only — nothing is selected on it.
+    (default: 10 times per run) for monitoring only — nothing is selected on it. What the
+    protocol resolves for this set (`protocol.net_for(arch)`, the batch size for the set's
+    meta `ipc`, the lr from its meta, the epochs trained) is recorded in the history.
     """
     protocol = get_protocol(protocol)
     images, labels, num_classes = _checked_train(train, allow_unbalanced)
@@ -262,8 +264,9 @@ def fit(
         _checked_split(val, images, num_classes, "val")
     mean, std = normalization_for(protocol, train, images)
     init_generator, data_generator = _generators(seed)
+    net_name = protocol.net_for(arch)
     net = build_net(
-        arch, images.shape[1], num_classes, images.shape[2], generator=init_generator, **(net_overrides or {})
+        net_name, images.shape[1], num_classes, images.shape[2], generator=init_generator, **(net_overrides or {})
     ).to(device)
     model = NormalizedClassifier(net, mean, std).to(device)
     ema = WeightEMA(net, protocol.ema_decay) if protocol.ema_decay is not None else None
@@ -271,19 +274,21 @@ def fit(
     if teacher is not None:
         teacher = teacher.to(device).eval()
     augment = _augmenter(protocol, train)
-    base_lr = protocol.lr_for(arch)
+    base_lr, lr_source = protocol.learning_rate(arch, train.meta)
     optimizer = _optimizer(net, protocol, base_lr)
     x_all, y_all = images.to(device), labels.to(device)
-    count, batch_size = images.shape[0], protocol.batch_size
+    count, batch_size = images.shape[0], protocol.batch_size_for(train.meta.get("ipc"))
     steps_per_epoch = math.ceil(count / batch_size)
-    total_steps = protocol.epochs * steps_per_epoch
+    epochs = protocol.epochs_trained
+    total_steps = epochs * steps_per_epoch
+    reset_step = decay_step(protocol, total_steps, steps_per_epoch) if protocol.reset_optimizer_at_decay else None
     val_every = val_every or max(1, protocol.epochs // 10)
     # per-epoch (loss sum, correct count) stay on the device: no host sync per epoch unless someone asks
-    totals = torch.zeros(protocol.epochs, 2, device=device)
+    totals = torch.zeros(epochs, 2, device=device)
     history: dict[str, Any] = {"val_accuracy": [], "lr": []}
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=protocol.precision == "bf16")
     step, started = 0, time.perf_counter()
-    for epoch in range(protocol.epochs):
+    for epoch in range(epochs):
         net.train()
         order = torch.randperm(count, generator=data_generator).to(device, non_blocking=True)
         for index in range(steps_per_epoch):
@@ -292,8 +297,10 @@ def fit(
             y = y_all[batch]
             if protocol.cutmix:
                 x = cutmix(x, data_generator)[0]
+            if step == reset_step:  # DC recreates SGD at the decay: the momentum buffers restart from zero
+                optimizer = _optimizer(net, protocol, base_lr)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(protocol, step, total_steps, base_lr)
+                group["lr"] = lr_at(protocol, step, total_steps, base_lr, steps_per_epoch=steps_per_epoch)
             with autocast:
                 logits = net(x)
                 if protocol.loss == "soft_label":
@@ -311,7 +318,7 @@ def fit(
         if ema is not None:
             ema.update(net)
         history["lr"].append(optimizer.param_groups[0]["lr"])
-        validate = val is not None and ((epoch + 1) % val_every == 0 or epoch + 1 == protocol.epochs)
+        validate = val is not None and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs)
         if validate:
             accuracy = evaluate_accuracy(
                 test_model, val["images"], val["labels"], device=device, batch_size=protocol.eval_batch_size
@@ -330,8 +337,12 @@ def fit(
         train_accuracy=totals[:, 1].tolist(),
         steps=total_steps,
         train_seconds=seconds,
-        images_per_second=protocol.epochs * count / max(seconds, 1e-9),
+        images_per_second=epochs * count / max(seconds, 1e-9),
         lr_base=base_lr,
+        lr_source=lr_source,
+        batch_size=batch_size,
+        net=net_name,
+        epochs_trained=epochs,
         mean=mean.tolist(),
         std=std.tolist(),
         num_classes=num_classes,

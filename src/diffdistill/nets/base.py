@@ -1,4 +1,4 @@
-"""Shared pieces of the evaluation nets: the `Classifier` base, norm layers, seeded init."""
+"""Shared pieces of the evaluation nets: the `Classifier` base, norm layers, seeded dropout, seeded init."""
 
 from __future__ import annotations
 
@@ -34,6 +34,44 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
+class SeededDropout(nn.Module):
+    """Dropout whose masks come from the module's own generator, never from the global RNG (`nn.Dropout`'s).
+
+    The seed is drawn from the init generator by `init_parameters` (`init_extra_parameters`), so two nets built
+    from equal generators drop the same units at every step; each device gets its own generator with that seed.
+    A copy (`copy.deepcopy`, e.g. the weight EMA) starts its mask stream afresh from the seed. Eval mode and
+    `p = 0` pass the input through.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+        self.seed = 0
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def init_extra_parameters(self, generator: torch.Generator) -> list[nn.Parameter]:
+        self.seed = int(torch.randint(0, 2**62, (), generator=generator))
+        self._generators.clear()
+        return []
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "_generators": {}}  # device generators do not copy (CUDA ones cannot be pickled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        generator = self._generators.get(x.device)
+        if generator is None:
+            generator = self._generators[x.device] = torch.Generator(device=x.device).manual_seed(self.seed)
+        keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=generator)
+        return x * keep / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 @torch.no_grad()

@@ -83,35 +83,49 @@ class AlexNet(Classifier):
 
 
 VGG11_LAYOUT = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+# How the max-pools and the head are laid out (`VGG11(variant=...)`):
+#   keep_2x2  `vgg11`: every max-pool is skipped once the map is 2×2, then an adaptive max-pool to at most 7×7.
+#   dc        `vgg11_dc`: DC's VGG11 (= GLaD's VGG11CIFAR): the final max-pool runs, the map is flattened
+#             (512 features at 32 px, 512·(size/32)² above).
+#   glad      `vgg11_glad`: GLaD's ImageNet-subset VGG11: as `dc`, then an adaptive max-pool to exactly 7×7
+#             (25088 features at any size; at 128 px the 4×4 map is replicated onto 7×7).
+VGG11_VARIANTS = ("keep_2x2", "dc", "glad")
 
 
 class VGG11(Classifier):
-    """VGG11 with conv3×3 → norm → ReLU blocks (`instance` as in GLaD, or real `batch` norm).
+    """VGG11 with conv3×3 → norm → ReLU blocks (`instance` as in DC / GLaD, or real `batch` norm).
 
-    A max-pool is skipped once the map is 2×2 (instance norm of a 1×1 map is identically zero, which
-    silenced every layer after it at 16 px), so the net runs from 8 px up; the final
-    map is adaptively max-pooled to at most 7×7 (GLaD pools to exactly 7×7, which only
-    replicates cells below 224 px) and flattened into a single linear head. `width` (64)
-    scales every layer (w, 2w, 4w, 4w, 8w, ...).
+    A max-pool that would leave the next conv a 1×1 map is skipped (instance norm of a 1×1 map is identically
+    zero, which silenced every layer after it at 16 px), so the net runs from 8 px up; at 32 px and above the
+    `dc` / `glad` variants have exactly the references' five pools. `variant` (`VGG11_VARIANTS`) sets the final
+    pool and the head; the default `keep_2x2` also skips the last pool at 2×2, so at 32 px it flattens a 2×2 map
+    (2048 features, DC's VGG11 has 512) and at 128 px pools 4×4 (GLaD pools to 7×7): it is kept because the
+    committed results were measured with it. DC and GLaD pad the first conv by 3 for 1-channel (MNIST 28 → 32)
+    input; here it is always 1. `width` (64) scales every layer (w, 2w, 4w, 4w, 8w, ...).
     """
 
     def __init__(
-        self, in_channels: int, num_classes: int, image_size: int, norm: str = "instance", width: int = 64
+        self, in_channels: int, num_classes: int, image_size: int, norm: str = "instance", width: int = 64,
+        variant: str = "keep_2x2",
     ) -> None:
         super().__init__()
+        if variant not in VGG11_VARIANTS:
+            raise ValueError(f"VGG11 variant must be one of {VGG11_VARIANTS}, got {variant!r}")
         layers: list[nn.Module] = []
         channels, side = in_channels, image_size
-        for item in VGG11_LAYOUT:
+        for index, item in enumerate(VGG11_LAYOUT):
             if item == "M":
-                if side >= 4:
+                last = index == len(VGG11_LAYOUT) - 1  # nothing normalises the map after the final pool
+                if side >= 4 or (last and variant != "keep_2x2" and side >= 2):
                     layers.append(nn.MaxPool2d(2))
                     side //= 2
                 continue
             out = int(item) * width // 64
             layers += [nn.Conv2d(channels, out, kernel_size=3, padding=1), make_norm(norm, out), nn.ReLU(inplace=True)]
             channels = out
-        pooled = min(side, 7)
-        layers.append(nn.AdaptiveMaxPool2d(pooled))
+        pooled = {"keep_2x2": min(side, 7), "dc": side, "glad": 7}[variant]
+        if variant != "dc":
+            layers.append(nn.AdaptiveMaxPool2d(pooled))
         self.body = nn.Sequential(*layers)
         self.feature_dim = channels * pooled * pooled
         self.head = nn.Linear(self.feature_dim, num_classes)

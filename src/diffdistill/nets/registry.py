@@ -11,7 +11,7 @@ import torch
 from diffdistill.nets.base import NORMS, Classifier, init_parameters
 from diffdistill.nets.convnets import VGG11, AlexNet, ConvNet, ConvNetConfig
 from diffdistill.nets.resnet import ResNet18
-from diffdistill.nets.vit import ViT, vit_config_for
+from diffdistill.nets.vit import GLAD_VIT, ViT, vit_config_for
 
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 256
 NetFactory = Callable[[torch.Generator], torch.nn.Module]  # a fresh net, every parameter drawn from the generator
@@ -38,11 +38,10 @@ def _alexnet(in_channels: int, num_classes: int, image_size: int, **overrides: A
     return AlexNet(in_channels, num_classes, image_size, width=overrides.get("width", 128))
 
 
-def _vgg11(norm: str) -> Callable[..., Classifier]:
+def _vgg11(norm: str, variant: str = "keep_2x2") -> Callable[..., Classifier]:
     def build(in_channels: int, num_classes: int, image_size: int, **overrides: Any) -> Classifier:
-        return VGG11(
-            in_channels, num_classes, image_size, norm=overrides.get("norm", norm), width=overrides.get("width", 64)
-        )
+        return VGG11(in_channels, num_classes, image_size, norm=overrides.get("norm", norm),
+                     width=overrides.get("width", 64), variant=variant)
 
     build.overrides = ("norm", "width")  # type: ignore[attr-defined]
     return build
@@ -56,12 +55,15 @@ def _resnet18(norm: str) -> Callable[..., Classifier]:
     return build
 
 
-def _vit(in_channels: int, num_classes: int, image_size: int, **overrides: Any) -> Classifier:
-    config = dataclasses.replace(vit_config_for(image_size), **overrides)
-    return ViT(in_channels, num_classes, image_size, config)
+def _vit(**reference: Any) -> Callable[..., Classifier]:
+    def build(in_channels: int, num_classes: int, image_size: int, **overrides: Any) -> Classifier:
+        config = dataclasses.replace(vit_config_for(image_size), **reference, **overrides)
+        return ViT(in_channels, num_classes, image_size, config)
+
+    build.overrides = ("patch_size", "dim", "depth", "heads", "mlp_dim")  # type: ignore[attr-defined]
+    return build
 
 
-_vit.overrides = ("patch_size", "dim", "depth", "heads", "mlp_dim")  # type: ignore[attr-defined]
 _alexnet.overrides = ("width",)  # type: ignore[attr-defined]
 
 _BUILDERS: dict[str, Callable[..., Classifier]] = {
@@ -75,9 +77,12 @@ _BUILDERS: dict[str, Callable[..., Classifier]] = {
     "alexnet": _alexnet,
     "vgg11": _vgg11("instance"),
     "vgg11_bn": _vgg11("batch"),
+    "vgg11_dc": _vgg11("instance", "dc"),  # DC's VGG11 (= GLaD's VGG11CIFAR): 512 features at 32 px
+    "vgg11_glad": _vgg11("instance", "glad"),  # GLaD's 128-px VGG11: adaptive max-pool to 7×7
     "resnet18": _resnet18("instance"),
-    "resnet18_bn": _resnet18("batch"),
-    "vit": _vit,
+    "resnet18_bn": _resnet18("batch"),  # RDED / D3HR's resnet18_modified
+    "vit": _vit(),
+    "vit_glad": _vit(**GLAD_VIT),  # GLaD's ViT: no LayerNorm, dropout 0.1
 }
 NET_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
@@ -102,8 +107,10 @@ def build_net(
     two calls without a generator give identical nets; pass your own to get a different
     one. The module is constructed on the meta device and then initialised, so building
     a net consumes nothing from the global RNG. `overrides` are architecture knobs
-    (ConvNet: depth, width, norm; AlexNet: width; VGG11: norm, width; ResNet18: norm,
-    width; ViT: patch_size, dim, depth, heads, mlp_dim). Widths must stay >= 1 per layer.
+    (ConvNet: depth, width, norm; AlexNet: width; VGG11s: norm, width; ResNet18s: norm,
+    width; ViTs: patch_size, dim, depth, heads, mlp_dim). Widths must stay >= 1 per layer.
+    Reference-comparable nets beside ours: `vgg11_dc`, `vgg11_glad`, `vit_glad`; `convnet_bn` and
+    `resnet18_bn` are RDED / D3HR's BatchNorm ConvNet and ResNet-18.
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown net {name!r}; valid names: {', '.join(NET_NAMES)}")

@@ -1,4 +1,4 @@
-"""A pre-norm Vision Transformer with its LayerNorms (GLaD's copy had them all commented out)."""
+"""A pre-norm Vision Transformer with its LayerNorms (`vit`), and GLaD's evaluation ViT without them (`vit_glad`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffdistill.nets.base import Classifier
+from diffdistill.nets.base import Classifier, SeededDropout
+
+TOKEN_INITS = ("trunc_normal", "normal")
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,16 @@ class ViTConfig:
     depth: int
     heads: int
     mlp_dim: int
+    # GLaD's ViT (`vit_glad`, lucidrains' vit-pytorch as GLaD vendors it) differs in these: its LayerNorms are
+    # commented out, dropout 0.1 on the embedded tokens, the attention output and the MLP, q/k/v without bias,
+    # and cls / position tokens drawn from N(0, 1).
+    layer_norms: bool = True
+    dropout: float = 0.0
+    qkv_bias: bool = True
+    token_init: str = "trunc_normal"  # trunc_normal: timm's N(0, 0.02²) cut at ±0.04; normal: N(0, 1)
+
+
+GLAD_VIT = {"layer_norms": False, "dropout": 0.1, "qkv_bias": False, "token_init": "normal"}
 
 
 def vit_config_for(image_size: int) -> ViTConfig:
@@ -42,29 +54,45 @@ def vit_config_for(image_size: int) -> ViTConfig:
     return ViTConfig(patch_size=patch, dim=dim, depth=depth, heads=heads, mlp_dim=mlp)
 
 
+def _norm(config: ViTConfig) -> nn.Module:
+    return nn.LayerNorm(config.dim) if config.layer_norms else nn.Identity()
+
+
+def _dropout(config: ViTConfig) -> nn.Module:
+    # no module at p = 0: `vit` keeps its module list, state-dict keys and init draws
+    return SeededDropout(config.dropout) if config.dropout else nn.Identity()
+
+
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, config: ViTConfig) -> None:
         super().__init__()
+        dim, heads = config.dim, config.heads
         if dim % heads:
             raise ValueError(f"ViT dim ({dim}) must be divisible by heads ({heads})")
         self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=config.qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        self.drop = _dropout(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, dim = x.shape
         q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+        return self.drop(self.proj(out.transpose(1, 2).reshape(batch, tokens, dim)))
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_dim: int) -> None:
+    def __init__(self, config: ViTConfig) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Linear(mlp_dim, dim))
+        dim, mlp_dim = config.dim, config.mlp_dim
+        self.norm1 = _norm(config)
+        self.attn = Attention(config)
+        self.norm2 = _norm(config)
+        if config.dropout:
+            self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), _dropout(config), nn.Linear(mlp_dim, dim),
+                                     _dropout(config))
+        else:
+            self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Linear(mlp_dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -74,12 +102,16 @@ class Block(nn.Module):
 class ViT(Classifier):
     """Patch embedding (conv k = stride = patch) + cls token + learned positions → pre-norm blocks → LayerNorm.
 
-    No dropout: torch's dropout draws from the global RNG, which the house rules forbid.
+    `vit`: no dropout. `vit_glad` (`GLAD_VIT`): no LayerNorm anywhere, dropout 0.1 (`SeededDropout`, drawn from
+    the net's own generator: torch's dropout draws from the global RNG, which the house rules forbid), exactly
+    GLaD's ViT at 128 px (patch 16, dim 512, depth 10, 8 heads, MLP 512; 16.18 M parameters for 10 classes).
     """
 
     def __init__(self, in_channels: int, num_classes: int, image_size: int, config: ViTConfig) -> None:
         super().__init__()
         grid = image_size // config.patch_size
+        if config.token_init not in TOKEN_INITS:
+            raise ValueError(f"ViT token_init must be one of {TOKEN_INITS}, got {config.token_init!r}")
         if grid < 2:
             raise ValueError(
                 f"ViT patch_size {config.patch_size} leaves fewer than 2×2 patches at image_size {image_size}; "
@@ -88,19 +120,23 @@ class ViT(Classifier):
         self.patch_embed = nn.Conv2d(in_channels, config.dim, kernel_size=config.patch_size, stride=config.patch_size)
         self.cls_token = nn.Parameter(torch.empty(1, 1, config.dim))
         self.pos_embed = nn.Parameter(torch.empty(1, grid * grid + 1, config.dim))
-        self.blocks = nn.Sequential(*[Block(config.dim, config.heads, config.mlp_dim) for _ in range(config.depth)])
-        self.norm = nn.LayerNorm(config.dim)
+        self.token_init = config.token_init
+        self.embed_drop = _dropout(config)
+        self.blocks = nn.Sequential(*[Block(config) for _ in range(config.depth)])
+        self.norm = _norm(config)
         self.feature_dim = config.dim
         self.head = nn.Linear(config.dim, num_classes)
 
     def init_extra_parameters(self, generator: torch.Generator) -> list[nn.Parameter]:
-        # timm's choice: truncated normal, std 0.02, for both learned tokens
         for param in (self.cls_token, self.pos_embed):
-            nn.init.trunc_normal_(param, std=0.02, a=-0.04, b=0.04, generator=generator)
+            if self.token_init == "normal":  # GLaD's torch.randn
+                nn.init.normal_(param, generator=generator)
+            else:  # timm's choice: truncated normal, std 0.02
+                nn.init.trunc_normal_(param, std=0.02, a=-0.04, b=0.04, generator=generator)
         return [self.cls_token, self.pos_embed]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
-        tokens = torch.cat([cls, tokens], dim=1) + self.pos_embed
+        tokens = self.embed_drop(torch.cat([cls, tokens], dim=1) + self.pos_embed)
         return self.norm(self.blocks(tokens))[:, 0]
