@@ -204,6 +204,8 @@ def test_resume_gives_the_same_bytes_as_an_uninterrupted_run(tmp_path):
         assert torch.equal(tensor, resumed.state[name]), name
     assert torch.equal(whole.images["images"], resumed.images["images"])
     assert float(whole.state["extra.syn_lr"]) != 1e-2  # syn_lr was learned
+    # the set carries it in its meta: MTT's evaluation (protocol dc_reference) trains with it
+    assert whole.images.meta["syn_lr"] == float(whole.state["extra.syn_lr"]) == resumed.images.meta["syn_lr"]
     saved = (tmp_path / "a" / CHECKPOINT_FILE).read_bytes()
     assert saved == (tmp_path / "b" / CHECKPOINT_FILE).read_bytes()
     with pytest.raises(ValueError, match="different settings"):

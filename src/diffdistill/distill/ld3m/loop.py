@@ -259,6 +259,8 @@ def _result(state: LD3MState, synthesize: Synthesizer, config: LD3MConfig, class
     }
     if config.objective == "dc":
         meta["dc_loops"] = list(config.dc_config().loops(config.ipc))  # (outer, inner) rounds per iteration
+    # the objective's learned scalars, e.g. MTT's syn_lr: MTT's own evaluation trains with it (dc_reference)
+    meta.update({name: float(t.detach()) for name, t in state.extras.items() if t.numel() == 1})
     meta.update(spec.meta(config))
     tensors, labels = state.tensors(), state.labels.cpu()
     if classes is not None:
