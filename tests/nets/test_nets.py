@@ -20,7 +20,10 @@ NARROW = {
     "vgg11_bn": {"width": 8},
     "resnet18": {"width": 8},
     "resnet18_bn": {"width": 8},
+    "vgg11_dc": {"width": 8},
+    "vgg11_glad": {"width": 8},
     "vit": {"dim": 64, "depth": 2, "heads": 4, "mlp_dim": 64},
+    "vit_glad": {"dim": 64, "depth": 2, "heads": 4, "mlp_dim": 64},
 }
 
 
@@ -29,9 +32,12 @@ def _forward_backward(name: str, channels: int, size: int, **overrides: int) -> 
     x = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(1), requires_grad=True)
     logits = net(x)
     assert logits.shape == (2, 5)
-    feats = net.features(x)
-    assert feats.shape == (2, net.feature_dim)
-    torch.testing.assert_close(net.head(feats), logits)
+    with torch.no_grad():  # in eval mode: dropout (vit_glad) draws a new mask per call
+        net.eval()
+        feats = net.features(x)
+        assert feats.shape == (2, net.feature_dim)
+        torch.testing.assert_close(net.head(feats), net(x))
+        net.train()
     logits.square().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     for pname, p in net.named_parameters():
