@@ -249,3 +249,94 @@ def test_bf16_precision_runs_the_forward_in_bfloat16_and_keeps_float32_weights()
 def test_unknown_precision_is_rejected_by_name() -> None:
     with pytest.raises(ValueError, match="precision"):
         get_protocol("dc", precision="fp16")
+
+
+def _reference_evaluate_synset(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, orders, *, epochs: int,
+                               lr: float, batch_size: int, recreate: bool = True) -> list[float]:
+    """The training loop of DC's / MTT's `utils.evaluate_synset`, written out (augmentation off): range(Epoch + 1)
+    epochs of SGD(momentum 0.9, wd 5e-4) minibatches; after epoch Epoch // 2 + 1, lr × 0.1 and a new SGD (with
+    `recreate=False`, the old one at the new lr). Returns the lr each epoch trained with."""
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=0.0005)
+    used = []
+    for ep in range(epochs + 1):
+        order = next(orders)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            loss = torch.nn.functional.cross_entropy(net(x[batch]), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        used.append(optimizer.param_groups[0]["lr"])
+        if ep == epochs // 2 + 1:
+            lr *= 0.1
+            if recreate:
+                optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=0.0005)
+            else:
+                optimizer.param_groups[0]["lr"] = lr
+    return used
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_dc_reference_trains_step_by_step_like_evaluate_synset(reset: bool) -> None:
+    """Same init, same minibatches: the weights after dc_reference equal the reference loop's bit for bit, with
+    the optimiser recreated at the decay (momentum restarts from zero), and equal the non-recreating loop when
+    `reset_optimizer_at_decay` is off; the two references differ, so the test sees the reset."""
+    from diffdistill.nets import build_net
+    from diffdistill.rng import split_seeds
+
+    train, seed = _blobs(4, seed=0), 5  # 12 images, batch 5: 3 steps per epoch, the last one partial
+    protocol = get_protocol("dc_reference", epochs=4, batch_size=5, augment="none", reset_optimizer_at_decay=reset)
+    model = train_classifier(train, arch="convnet", protocol=protocol, seed=seed, net_overrides=NARROW)
+    history = model.training_history
+
+    init_seed, data_seed = split_seeds(seed, 2)
+    mean, std = channel_stats(train.images)
+    x = (train.images.float() / 255 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    results = {}
+    for recreate in (True, False):
+        net = build_net("convnet", 1, 3, 16, generator=torch.Generator().manual_seed(init_seed), **NARROW)
+        data = torch.Generator().manual_seed(data_seed)
+        orders = (torch.randperm(12, generator=data) for _ in range(5))
+        lrs = _reference_evaluate_synset(net, x, train.labels, orders, epochs=4, lr=0.01, batch_size=5,
+                                         recreate=recreate)
+        results[recreate] = (net, lrs)
+    reference, lrs = results[reset]
+    assert lrs == pytest.approx([0.01] * 4 + [0.001])  # Epoch 4: five epochs, the decay after epoch 3
+    assert history["lr"] == pytest.approx(lrs) and len(history["train_loss"]) == 5 and history["steps"] == 15
+    for (name, ours), theirs in zip(model.net.named_parameters(), reference.parameters(), strict=True):
+        assert torch.equal(ours, theirs), name
+    other = results[not reset][0]
+    assert any(not torch.equal(a, b) for a, b in zip(reference.parameters(), other.parameters(), strict=True))
+
+
+def test_dc_reference_trains_with_the_sets_learned_syn_lr() -> None:
+    train, test = _blobs(4, seed=0), _blobs(2, seed=1)
+    mtt_set = TensorBundle(train.tensors, {**train.meta, "syn_lr": 0.037})
+    protocol = _fast("dc_reference", epochs=2)
+    learned = train_and_evaluate(mtt_set, test, arch="convnet", protocol=protocol, seed=0, net_overrides=NARROW)
+    assert (learned["lr_base"], learned["lr_source"], learned["lr"][0]) == (0.037, "meta.syn_lr", 0.037)
+    plain = train_and_evaluate(train, test, arch="convnet", protocol=protocol, seed=0, net_overrides=NARROW)
+    assert (plain["lr_base"], plain["lr_source"]) == (0.01, "protocol")
+    assert learned["train_loss"] != plain["train_loss"]
+    assert (learned["epochs"], learned["epochs_trained"], len(learned["train_loss"])) == (2, 3, 3)
+
+
+def test_batch_size_follows_the_sets_ipc() -> None:
+    train, test = _blobs(4, seed=0), _blobs(2, seed=1)  # 12 images
+    protocol = _fast(epochs=2, batch_size_by_ipc={1: 2, 4: 5})
+    by_ipc = train_and_evaluate(TensorBundle(train.tensors, {**train.meta, "ipc": 4}), test, arch="convnet",
+                                protocol=protocol, seed=0, net_overrides=NARROW)
+    assert by_ipc["batch_size"] == 5 and by_ipc["steps"] == 2 * 3
+    no_ipc = train_and_evaluate(train, test, arch="convnet", protocol=protocol, seed=0, net_overrides=NARROW)
+    assert no_ipc["batch_size"] == 16 and no_ipc["steps"] == 2  # no ipc in the meta (full data): batch_size
+
+
+def test_a_protocols_nets_replace_the_architecture() -> None:
+    train, test = _blobs(4, seed=0), _blobs(2, seed=1)
+    vit = {"dim": 16, "depth": 1, "heads": 2, "mlp_dim": 16}
+    runs = [train_and_evaluate(train, test, arch="vit", protocol=_fast("glad_reference", epochs=2), seed=0,
+                               net_overrides=vit) for _ in range(2)]
+    assert runs[0]["net"] == "vit_glad" and runs[0]["arch"] == "vit" and runs[0]["lr_base"] == 1e-3
+    assert runs[0]["train_loss"] == runs[1]["train_loss"]  # seeded dropout: the same run twice
+    ours = train_and_evaluate(train, test, arch="vit", protocol=_fast("glad", epochs=2), seed=0, net_overrides=vit)
+    assert ours["net"] == "vit" and ours["train_loss"] != runs[0]["train_loss"]

@@ -7,7 +7,7 @@ from typing import Any
 
 from diffdistill.config import ConfigError, option
 from diffdistill.data.external import ExternalSetConfig
-from diffdistill.evaluation.protocols import PROTOCOL_NAMES
+from diffdistill.evaluation.protocols import PROTOCOL_NAMES, get_protocol
 
 
 @dataclass
@@ -38,7 +38,14 @@ class ReportConfig:
 
 @dataclass
 class EvaluateConfig:
-    """`evaluate`: every set × architecture × seed trained from scratch, final-epoch test accuracy."""
+    """`evaluate`: every set × architecture × seed trained from scratch, final-epoch test accuracy.
+
+    Every set is scored under the common `protocol` (one comparison over all sets) and under each protocol its
+    method's paper evaluates with (`paper_protocols`: method, i.e. the set name without `_ipc<N>`, `full` for the
+    full-data bound -> protocol name or list of names; the baselines list every paper protocol so that each
+    comparison has them). `paper_protocol_overrides` (protocol name -> ProtocolConfig fields) size the paper
+    protocols; `protocol_overrides` only the common one.
+    """
 
     archs: list[str]
     unseen_archs: list[str]  # the headline "mean over unseen architectures"
@@ -49,6 +56,8 @@ class EvaluateConfig:
     methods: list[str] = field(default_factory=list)  # read when the graph is built (namespaces)
     # sets made elsewhere, name -> file or folder; read when the graph is built (namespaces external_<name>_ipc<N>)
     external: dict[str, ExternalSetConfig] = field(default_factory=dict)
+    paper_protocols: dict[str, str | list[str]] = field(default_factory=dict)
+    paper_protocol_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def check(self, path: str) -> None:
         if not self.archs:
@@ -58,3 +67,24 @@ class EvaluateConfig:
         stray = [a for a in self.unseen_archs if a not in self.archs]
         if stray:
             raise ConfigError(f"{path}.unseen_archs has {stray}, which are not in {path}.archs {self.archs}")
+        for method in self.paper_protocols:
+            names = self.paper_protocols_of(method)
+            for name in names:
+                if name not in PROTOCOL_NAMES:
+                    raise ConfigError(f"{path}.paper_protocols.{method} has {name!r}; valid protocols: "
+                                      f"{', '.join(PROTOCOL_NAMES)}")
+                if name == self.protocol:
+                    raise ConfigError(f"{path}.paper_protocols.{method} lists {name!r}, the common protocol "
+                                      f"({path}.protocol): every set is scored under it already; remove it")
+            if len(set(names)) != len(names):
+                raise ConfigError(f"{path}.paper_protocols.{method} lists a protocol twice: {names}")
+        for name, overrides in self.paper_protocol_overrides.items():
+            if name not in PROTOCOL_NAMES:
+                raise ConfigError(f"{path}.paper_protocol_overrides has {name!r}, which is not a protocol; valid "
+                                  f"protocols: {', '.join(PROTOCOL_NAMES)}")
+            get_protocol(name, path=f"{path}.paper_protocol_overrides.{name}", **overrides)  # fields checked now
+
+    def paper_protocols_of(self, method: str) -> list[str]:
+        """The protocols of `method`'s paper (none when the map has no entry for it)."""
+        names = self.paper_protocols.get(method, [])
+        return [names] if isinstance(names, str) else list(names)

@@ -6,9 +6,9 @@ import logging
 import statistics
 from typing import Any
 
-from diffdistill.config import build
+from diffdistill.config import ConfigError, build
 from diffdistill.data.bundle import TensorBundle
-from diffdistill.evaluation import channel_stats, get_protocol, train_and_evaluate
+from diffdistill.evaluation import ProtocolConfig, channel_stats, get_protocol, train_and_evaluate
 from diffdistill.evaluation.config import EvaluateConfig
 from diffdistill.evaluation.saved import check_classifier_fits, classifier_from_bundle
 from diffdistill.pipelines.metrics import as_mlflow_metrics
@@ -31,50 +31,87 @@ def summarise_rows(rows: list[dict[str, Any]], archs: list[str], unseen: list[st
     return summary
 
 
-def _protocol(config: EvaluateConfig, train_set: TensorBundle, overrides: dict[str, Any], path: str):
+def method_of(set_name: str) -> str:
+    """The method of a set namespace, the key of `evaluate.paper_protocols`: `ld3m_dm_latent_ipc10` -> `ld3m_dm_latent`."""
+    return set_name.rsplit("_ipc", 1)[0]
+
+
+def _protocols(config: EvaluateConfig, train_set: TensorBundle, method: str, overrides: dict[str, Any],
+               path: str) -> list[ProtocolConfig]:
+    """The common protocol (`evaluate.protocol` + `protocol_overrides` + `overrides`), then the method's paper
+    protocols (each + its `paper_protocol_overrides` + `overrides`)."""
+    if config.paper_protocols and method not in config.paper_protocols:
+        logger.warning("evaluate.paper_protocols has no entry for %r: its sets are scored under the common protocol "
+                       "%r only; add `%s: <protocol>` (or `%s: []`)", method, config.protocol, method, method)
     # Normalise every set with the real train split's statistics, so distilled and real images share one scale.
     mean, std = channel_stats(train_set["images"])
-    return get_protocol(config.protocol, path=path, **{**config.protocol_overrides, **overrides,
-                                                       "mean": mean.tolist(), "std": std.tolist()})
+    stats = {"mean": mean.tolist(), "std": std.tolist()}
+    protocols = [get_protocol(config.protocol, path=path, **{**config.protocol_overrides, **overrides, **stats})]
+    for name in config.paper_protocols_of(method):
+        paper = config.paper_protocol_overrides.get(name, {})
+        protocols.append(get_protocol(name, path=f"evaluate.paper_protocol_overrides.{name}",
+                                      **{**paper, **overrides, **stats}))
+    return protocols
+
+
+def _results(set_name: str, meta: dict[str, Any], train: TensorBundle, test: TensorBundle,
+             protocols: list[ProtocolConfig], config: EvaluateConfig, seeds: list[int], device: str, *,
+             teacher_model: TensorBundle | None, train_set: TensorBundle,
+             allow_unbalanced: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Rows and summary per protocol. The record's top level is the common protocol's (what a one-protocol reader
+    sees); `paper_protocols` holds each paper protocol's, keyed by its name. Every row names its protocol."""
+    teacher = None
+    soft = [p.name for p in protocols if p.loss == "soft_label"]
+    if soft and teacher_model is None:
+        raise ConfigError(f"the full-data bound trains with hard labels (its node has no teacher), but {soft} train "
+                          "on soft labels; list hard-label protocols in evaluate.paper_protocols.full (and a "
+                          "hard-label evaluate.protocol)")
+    if soft:
+        check_classifier_fits(teacher_model, train_set, "teacher_model", "train_set")
+        teacher = classifier_from_bundle(teacher_model, device)
+    entries, metrics = {}, {}
+    for protocol in protocols:
+        rows = _train_rows(set_name, train, test, config.archs, seeds, protocol, device,
+                           teacher=teacher if protocol.loss == "soft_label" else None,
+                           allow_unbalanced=allow_unbalanced)
+        summary = summarise_rows(rows, config.archs, config.unseen_archs)
+        entries[protocol.name] = {"protocol": protocol.to_dict(), "rows": rows, "summary": summary}
+        prefix = "" if protocol is protocols[0] else f"{protocol.name}."
+        metrics.update(_summary_metrics(summary, prefix))
+    common = entries.pop(protocols[0].name)
+    return {"set": set_name, "status": "done", "meta": meta, **common, "paper_protocols": entries}, metrics
 
 
 def evaluate_set(distilled_set: TensorBundle | None, train_set: TensorBundle, test_set: TensorBundle,
                  teacher_model: TensorBundle, params: dict[str, Any], device: str,
                  *, set_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Train every architecture × seed from scratch on the set; final-epoch test accuracy of each."""
+    """Train every architecture × seed from scratch on the set, under the common protocol and under its paper's;
+    final-epoch test accuracy of each."""
     if distilled_set is None:
         logger.warning("Distilled set %r has no saved version yet: run the pipeline that produces it. Skipped.",
                        set_name)
-        return {"set": set_name, "status": "missing", "rows": [], "summary": {}}, {}
+        return {"set": set_name, "status": "missing", "rows": [], "summary": {}, "paper_protocols": {}}, {}
     config = build(EvaluateConfig, params, "evaluate")
-    protocol = _protocol(config, train_set, {}, "evaluate.protocol_overrides")
-    if protocol.loss == "soft_label":
-        check_classifier_fits(teacher_model, train_set, "teacher_model", "train_set")
-    teacher = classifier_from_bundle(teacher_model, device) if protocol.loss == "soft_label" else None
-    rows = _train_rows(set_name, distilled_set, test_set, config.archs, config.seeds, protocol, device,
-                       teacher=teacher, allow_unbalanced=False)
-    summary = summarise_rows(rows, config.archs, config.unseen_archs)
-    results = {"set": set_name, "status": "done", "meta": _set_meta(distilled_set), "protocol": protocol.to_dict(),
-               "rows": rows, "summary": summary}
-    return results, _summary_metrics(summary)
+    protocols = _protocols(config, train_set, method_of(set_name), {}, "evaluate.protocol_overrides")
+    return _results(set_name, _set_meta(distilled_set), distilled_set, test_set, protocols, config, config.seeds,
+                    device, teacher_model=teacher_model, train_set=train_set, allow_unbalanced=False)
 
 
 def evaluate_full_data(train_set: TensorBundle, test_set: TensorBundle, params: dict[str, Any],
                        device: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The upper bound: the same architectures trained on the whole real train split."""
+    """The upper bound: the same architectures trained on the whole real train split, under the common protocol
+    and the protocols `evaluate.paper_protocols.full` lists (hard labels: a soft-label protocol's teacher was
+    trained on this very split)."""
     config = build(EvaluateConfig, params, "evaluate")
-    protocol = _protocol(config, train_set, config.full_data.protocol_overrides,
-                         "evaluate.full_data.protocol_overrides")
-    rows = _train_rows("full", train_set, test_set, config.archs, config.full_data.seeds, protocol, device,
-                       teacher=None, allow_unbalanced=True)
-    summary = summarise_rows(rows, config.archs, config.unseen_archs)
+    protocols = _protocols(config, train_set, "full", config.full_data.protocol_overrides,
+                           "evaluate.full_data.protocol_overrides")
     meta = {"method": "full", "ipc": None, "num_images": len(train_set), "class_names": train_set.class_names}
-    return ({"set": "full", "status": "done", "meta": meta, "protocol": protocol.to_dict(), "rows": rows,
-             "summary": summary}, _summary_metrics(summary))
+    return _results("full", meta, train_set, test_set, protocols, config, config.full_data.seeds, device,
+                    teacher_model=None, train_set=train_set, allow_unbalanced=True)
 
 
 def _train_rows(set_name: str, train: TensorBundle, test: TensorBundle, archs: list[str], seeds: list[int],
-                protocol, device: str, *, teacher, allow_unbalanced: bool) -> list[dict[str, Any]]:
+                protocol: ProtocolConfig, device: str, *, teacher, allow_unbalanced: bool) -> list[dict[str, Any]]:
     """One from-scratch training per (arch, seed); finished rows survive a killed run and are reused."""
     done = WorkDir.keyed("evaluate", set_name, protocol.to_dict(), split_fingerprint(train),
                           split_fingerprint(test), device)
@@ -87,10 +124,11 @@ def _train_rows(set_name: str, train: TensorBundle, test: TensorBundle, archs: l
                 result = train_and_evaluate(train, test, arch=arch, protocol=protocol, seed=int(seed), device=device,
                                             teacher=teacher, allow_unbalanced=allow_unbalanced)
                 row = {"set": set_name, "arch": arch, "seed": int(seed), "test_accuracy": result["test_accuracy"],
-                       "epochs": result["epochs"], "protocol": result["protocol"]}
+                       "epochs": result["epochs"], "protocol": result["protocol"], "net": result["net"],
+                       "lr": result["lr_base"], "lr_source": result["lr_source"], "batch_size": result["batch_size"]}
                 done.put_json(key, row)
             rows.append(row)
-            logger.info("%s %s seed %s: %.2f%%", set_name, arch, seed, 100 * row["test_accuracy"])
+            logger.info("%s [%s] %s seed %s: %.2f%%", set_name, protocol.name, arch, seed, 100 * row["test_accuracy"])
     done.clear()
     return rows
 
@@ -100,10 +138,10 @@ def _set_meta(bundle: TensorBundle) -> dict[str, Any]:
     return {k: bundle.meta[k] for k in keep if k in bundle.meta}
 
 
-def _summary_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+def _summary_metrics(summary: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     values = {}
     for arch, stats in summary.items():
-        values[f"{arch}_mean"] = stats["mean"]
+        values[f"{prefix}{arch}_mean"] = stats["mean"]
         if "std" in stats:
-            values[f"{arch}_std"] = stats["std"]
+            values[f"{prefix}{arch}_std"] = stats["std"]
     return as_mlflow_metrics(values)
