@@ -36,6 +36,22 @@ def test_rows_are_mean_and_population_std_per_arch_and_the_unseen_mean_over_seed
     assert set(rows[0]) == set(results.HEADER)
 
 
+def test_each_protocol_of_a_record_gets_its_own_rows():
+    record = _record("ld3m_mtt_pixel_ipc10")
+    paper = [r | {"protocol": "dc_reference", "epochs": 1000, "test_accuracy": r["test_accuracy"] / 2}
+             for r in record["rows"]]
+    record["paper_protocols"] = {"dc_reference": {"protocol": {"name": "dc_reference"}, "rows": paper, "summary": {}}}
+    rows = results.rows_of(record, iterations=20, git_sha="abc")
+    assert [(r["protocol"], r["arch"]) for r in rows] == [
+        (p, a) for p in ("dc", "dc_reference") for a in (*results.ARCHS, "unseen_mean")]
+    common, reference = rows[0], rows[len(rows) // 2]
+    assert (common["mean"], common["epochs"]) == (pytest.approx(92.0), 100)
+    assert (reference["mean"], reference["epochs"]) == (pytest.approx(46.0), 1000)
+    record["rows"][0] = record["rows"][0] | {"protocol": "glad"}
+    with pytest.raises(ValueError, match=r"mixes protocols \['dc', 'glad'\]"):
+        results.rows_of(record, iterations=20, git_sha="abc")
+
+
 def test_one_seed_has_no_fake_spread_in_the_markdown(tmp_path):
     rows = results.rows_of(_record("full", seeds=(0,)) | {"meta": {}}, iterations=None, git_sha="abc")
     assert rows[0]["ipc"] == "" and rows[0]["std"] == 0.0

@@ -57,15 +57,27 @@ def set_iterations(project: Path, set_name: str) -> int | None:
 
 def rows_of(result: dict[str, Any], *, iterations: int | None, git_sha: str,
             published: dict[tuple[str, int | None, str, str], float] | None = None) -> list[dict[str, Any]]:
-    """CSV rows of one `<set>.eval_results` record."""
+    """CSV rows of one `<set>.eval_results` record: the common protocol's (its top level), then each paper
+    protocol's (`paper_protocols`), never pooled across protocols."""
+    out = []
+    for entry in [result, *result.get("paper_protocols", {}).values()]:
+        if entry["rows"]:
+            out += _protocol_rows(result, entry["rows"], iterations=iterations, git_sha=git_sha, published=published)
+    return out
+
+
+def _protocol_rows(result: dict[str, Any], records: list[dict[str, Any]], *, iterations: int | None, git_sha: str,
+                   published: dict[tuple[str, int | None, str, str], float] | None) -> list[dict[str, Any]]:
     name = result["set"]
     ipc = result.get("meta", {}).get("ipc")
     base = name.rsplit("_ipc", 1)[0] if ipc is not None else name
     by_arch: dict[str, dict[int, float]] = {}
-    protocol, epochs = None, None
-    for row in result["rows"]:
+    protocols = {row["protocol"] for row in records}
+    if len(protocols) != 1:
+        raise ValueError(f"{name}: one entry of eval_results mixes protocols {sorted(protocols)}")
+    (protocol,), epochs = protocols, int(records[-1]["epochs"])
+    for row in records:
         by_arch.setdefault(row["arch"], {})[int(row["seed"])] = 100.0 * float(row["test_accuracy"])
-        protocol, epochs = row["protocol"], int(row["epochs"])
     out = []
 
     def emit(arch: str, values: list[float]) -> None:
