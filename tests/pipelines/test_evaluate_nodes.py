@@ -153,3 +153,11 @@ def test_every_set_of_the_graph_has_its_papers_protocol(env: str) -> None:
     assert config.paper_protocols_of("d3hr") == ["soft_label_reference"]
     assert config.paper_protocols_of("ld3m_dm_latent") == ["glad_reference"]
     assert set(config.paper_protocol_overrides) == used
+
+
+def test_the_tour_keeps_to_the_common_protocol() -> None:
+    evaluate = _merged(_parameters("base", "evaluate")["evaluate"], _parameters("tour", "evaluate")["evaluate"])
+    config = build(EvaluateConfig, evaluate, "evaluate")
+    runs = _parameters("tour", "ld3m")["ld3m"]["runs"]
+    methods = [*config.methods, *(method_name(r["objective"], r["space"], r.get("variant")) for r in runs), "full"]
+    assert all(config.paper_protocols_of(method) == [] for method in methods)
