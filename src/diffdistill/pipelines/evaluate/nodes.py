@@ -128,7 +128,7 @@ def _train_rows(set_name: str, train: TensorBundle, test: TensorBundle, archs: l
                        "lr": result["lr_base"], "lr_source": result["lr_source"], "batch_size": result["batch_size"]}
                 done.put_json(key, row)
             rows.append(row)
-            logger.info("%s [%s] %s seed %s: %.2f%%", set_name, protocol.name, arch, seed, 100 * row["test_accuracy"])
+            logger.info("%s (%s) %s seed %s: %.2f%%", set_name, protocol.name, arch, seed, 100 * row["test_accuracy"])
     done.clear()
     return rows
 
