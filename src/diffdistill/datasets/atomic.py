@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
-from kedro.io.core import DatasetError, VersionNotFoundError, get_filepath_str
+from kedro.io.core import DatasetError, VersionNotFoundError, get_filepath_str, get_protocol_and_path
 from kedro_datasets._typing import HTMLPreview, JSONPreview, TablePreview
 from kedro_datasets.json import JSONDataset
 from kedro_datasets.pandas import CSVDataset
@@ -53,6 +53,10 @@ class LatestCopy:
     """Mixin of the atomic datasets: `save_payload` writes the versioned file, then the `latest` copy if one is set."""
 
     _latest: str | None = None
+
+    def keep_latest_at(self, latest: str | None) -> None:
+        """Set the fixed path (as the catalog gives it, protocol and all) that every save also writes."""
+        self._latest = get_protocol_and_path(latest)[1] if latest else None
 
     @property
     def latest_path(self) -> str | None:
@@ -90,7 +94,8 @@ class AtomicJSONDataset(LatestCopy, JSONDataset):
 
     def __init__(self, *, optional: bool = False, latest: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._optional, self._latest = optional, latest
+        self._optional = optional
+        self.keep_latest_at(latest)
 
     def _missing(self) -> bool:
         if not self._optional:
@@ -145,7 +150,7 @@ class AtomicTextDataset(LatestCopy, JSONDataset):
 
     def __init__(self, *, latest: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._latest = latest
+        self.keep_latest_at(latest)
 
     def save(self, data: str) -> None:
         if not isinstance(data, str):
@@ -175,7 +180,7 @@ class AtomicCSVDataset(LatestCopy, CSVDataset):
 
     def __init__(self, *, latest: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._latest = latest
+        self.keep_latest_at(latest)
 
     def save(self, data: pd.DataFrame) -> None:
         if not isinstance(data, pd.DataFrame):

@@ -23,7 +23,7 @@ class ImageGridDataset(LatestCopy, ImageDataset):
 
     def __init__(self, *, latest: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._latest = latest
+        self.keep_latest_at(latest)
 
     def save(self, data: Any) -> None:
         if isinstance(data, torch.Tensor):
