@@ -7,6 +7,7 @@ import io
 import random
 import re
 from html.parser import HTMLParser
+from itertools import pairwise
 from pathlib import Path
 
 import pandas as pd
@@ -146,21 +147,21 @@ def test_bar_plot_stays_legible_for_thirty_sets_and_five_architectures() -> None
     labels = [t for t in axes[0].get_yticklabels() if t.get_text()]
     assert len(labels) == 30
     boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.y0)
-    for lower, upper in zip(boxes, boxes[1:]):
+    for lower, upper in pairwise(boxes):
         assert lower.y1 <= upper.y0 + 0.5, "set labels overlap"
     figure_box = fig.bbox
     panel = axes[0].get_window_extent(renderer)
     for box in boxes:
         assert box.x0 >= figure_box.x0 and box.x1 <= panel.x0, "a set label is cut off or runs into the first panel"
     panels = [ax.get_window_extent(renderer) for ax in axes]
-    for left, right in zip(panels, panels[1:]):
+    for left, right in pairwise(panels):
         assert left.x1 < right.x0, "panels overlap"
     titles = [ax.title.get_window_extent(renderer) for ax in axes]
-    for left, right in zip(titles, titles[1:]):
+    for left, right in pairwise(titles):
         assert left.x1 < right.x0, "panel titles overlap"
     for ax in axes:  # tick numbers of one panel do not run into each other
         ticks = sorted((t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()), key=lambda b: b.x0)
-        assert all(a.x1 < b.x0 for a, b in zip(ticks, ticks[1:]))
+        assert all(a.x1 < b.x0 for a, b in pairwise(ticks))
     legend = fig.legends[0].get_window_extent(renderer)
     assert all(legend.y1 <= p.y0 for p in panels), "the legend covers a panel"
     import matplotlib.pyplot as plt
