@@ -2,7 +2,8 @@
 bar plot as a picture; served from a real run of the baselines, their evaluation and the report (the other sets are
 then "not evaluated yet", so the note that names them is on the page too).
 
-With DIFFDISTILL_SAVE_SCREENSHOT=1 the table preview's screenshot refreshes docs/images/kedro-viz-report-table.png.
+With DIFFDISTILL_SAVE_SCREENSHOT=1 the table preview's screenshots refresh docs/images/kedro-viz-report-table.png
+and docs/images/kedro-viz-report-table-expanded.png.
 """
 
 from __future__ import annotations
@@ -83,6 +84,14 @@ def newest(viz, relative: str) -> Path:
     return viz.root / relative / version / Path(relative).name
 
 
+def number(cell: str) -> float | str:
+    """A cell as a number when it is one: the browser writes 7.0 as "7"."""
+    try:
+        return float(cell)
+    except ValueError:
+        return cell
+
+
 def test_report_csv_previews_as_the_full_table(viz) -> None:
     from selenium.webdriver.common.by import By
 
@@ -92,7 +101,8 @@ def test_report_csv_previews_as_the_full_table(viz) -> None:
             for tr in preview.find_elements(By.CSS_SELECTOR, "tr.preview-table__row")]
     saved = list(csv.reader(io.StringIO(newest(viz, "data/08_reporting/report/table.csv").read_text())))
     assert headers == saved[0]
-    assert rows == saved[1:], "every row, every cell as saved (an empty std shows empty)"
+    assert [[number(c) for c in r] for r in rows] == [[number(c) for c in r] for r in saved[1:]], \
+        "every row, every cell as saved (an empty std shows empty)"
     assert "could not be previewed" not in (viz.root / "kedro-viz.log").read_text()
     time.sleep(1.0)  # kedro-viz's panel transition
     path = viz.root / "data" / "08_reporting" / "kedro-viz-report-table.png"
@@ -126,3 +136,22 @@ def test_report_html_and_plot_preview(viz) -> None:
     source = image[0].get_attribute("src")
     shown = base64.b64decode(source.removeprefix("data:image/png;base64,"))
     assert shown == newest(viz, "data/08_reporting/report/accuracy.png").read_bytes()
+
+
+def test_report_csv_expands_to_every_column(viz) -> None:
+    """Last in this module: the expanded preview is a modal over the flowchart."""
+    from selenium.webdriver.common.by import By
+
+    open_metadata(viz, "report_table_csv")
+    viz.driver.find_element(By.CSS_SELECTOR, ".pipeline-metadata button.pipeline-metadata__link").click()
+    modal = wait_for(lambda: viz.driver.find_elements(By.CSS_SELECTOR, ".pipeline-metadata-modal__preview table"),
+                     timeout=15)
+    assert modal, "the expanded table is drawn"
+    headers = [th.text for th in modal[0].find_elements(By.CSS_SELECTOR, "th")]
+    saved = next(csv.reader(io.StringIO(newest(viz, "data/08_reporting/report/table.csv").read_text())))
+    assert headers == saved
+    time.sleep(1.0)
+    path = viz.root / "data" / "08_reporting" / "kedro-viz-report-table-expanded.png"
+    assert viz.driver.save_screenshot(str(path))
+    if os.environ.get("DIFFDISTILL_SAVE_SCREENSHOT") == "1":
+        shutil.copyfile(path, PROJECT_ROOT / "docs" / "images" / "kedro-viz-report-table-expanded.png")
