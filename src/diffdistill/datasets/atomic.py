@@ -132,8 +132,9 @@ class AtomicJSONDataset(LatestCopy, JSONDataset):
 
 # kedro-viz's HTML preview runs a small markdown converter over the sanitised HTML, which turns any
 # `_text_` on one line into <em>text</em>, so set names such as ld3m_dm_latent_ipc1 lose their underscores. A
-# newline stops that pattern (it never crosses one); inside an attribute value it renders as nothing.
-_KEEP_UNDERSCORE = '_<span title="\n"></span>'
+# newline stops that pattern (it never crosses one); inside an attribute value it renders as nothing. The
+# sanitiser trims attribute values, hence a character on either side of it.
+_KEEP_UNDERSCORE = '_<span data-keep=".\n."></span>'
 _TAG = re.compile(r"(<[^>]*>)")
 
 
