@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 from typing import Any
@@ -103,6 +104,9 @@ def evaluate_full_data(train_set: TensorBundle, test_set: TensorBundle, params: 
     and the protocols `evaluate.paper_protocols.full` lists (hard labels: a soft-label protocol's teacher was
     trained on this very split)."""
     config = build(EvaluateConfig, params, "evaluate")
+    if config.full_data.archs is not None:  # the bound on a subset of the architectures
+        archs = list(config.full_data.archs)
+        config = dataclasses.replace(config, archs=archs, unseen_archs=[a for a in config.unseen_archs if a in archs])
     protocols = _protocols(config, train_set, "full", config.full_data.protocol_overrides,
                            "evaluate.full_data.protocol_overrides")
     meta = {"method": "full", "ipc": None, "num_images": len(train_set), "class_names": train_set.class_names}
