@@ -135,34 +135,42 @@ def _run_lines(label: str, run: dict[str, Any]) -> list[str]:
 def format_tree(root: LineageNode, depth: int | None = None) -> str:
     """The DAG depth first, each artifact version once, then the runs that produced it.
 
-    A repeated artifact version is one line, `<dataset> @ <version>  (see above)`; `depth` limits how many
-    levels of inputs are expanded (None: all). A dataset read at several versions is named at the end.
+    An input already printed is not expanded again: a node's repeated inputs share one last line,
+    `<dataset> @ <version>, ...  (see above)`. `depth` limits how many levels of inputs are expanded (None: all).
+    A dataset read at several versions is named at the end.
     """
     runs = _runs(root)
     run_label = {run["save_version"]: f"run {i}" for i, run in enumerate(runs, 1)}
     expanded: set[int] = set()
-    lines: list[str] = []
 
     def describe(node: LineageNode) -> str:
         if node.run is None:
             return f"{node.label}  (no recorded producer: a raw input or an unversioned dataset)"
         return f"{node.label}  <- {node.node or '?'}, {run_label[node.run['save_version']]}"
 
-    def emit(node: LineageNode, prefix: str, branch: str, level: int) -> None:
-        if id(node) in expanded:
-            lines.append(f"{prefix}{branch}{node.label}  (see above)")
-            return
+    def block(node: LineageNode, level: int) -> list[str]:
+        """The lines of `node`'s subtree, without the indentation of its place in the tree."""
         if node.parents and depth is not None and level >= depth:
             # Not marked as expanded: a shallower occurrence further down may still show its inputs.
-            lines.append(f"{prefix}{branch}{describe(node)}  [{len(node.parents)} inputs beyond --depth {depth}]")
-            return
+            return [f"{describe(node)}  [{len(node.parents)} inputs beyond --depth {depth}]"]
         expanded.add(id(node))
-        lines.append(f"{prefix}{branch}{describe(node)}")
-        child_prefix = prefix + ("" if not branch else ("    " if branch.startswith("└") else "│   "))
-        for i, parent in enumerate(node.parents):
-            emit(parent, child_prefix, "└── " if i == len(node.parents) - 1 else "├── ", level + 1)
+        children: list[list[str]] = []
+        repeats: list[str] = []
+        for parent in node.parents:
+            if id(parent) in expanded:
+                repeats.append(parent.label)
+            else:
+                children.append(block(parent, level + 1))
+        if repeats:
+            children.append([f"{', '.join(repeats)}  (see above)"])
+        lines = [describe(node)]
+        for i, child in enumerate(children):
+            last = i == len(children) - 1
+            lines.append(("└── " if last else "├── ") + child[0])
+            lines.extend(("    " if last else "│   ") + line for line in child[1:])
+        return lines
 
-    emit(root, "", "", 0)
+    lines = block(root, 0)
     versions: dict[str, set[str]] = {}
     for node in _walk(root):
         if node.version is not None:
