@@ -3,9 +3,10 @@
 It stores the git SHA (+ dirty flag), the save version (= run id), the environment, the command line as typed
 (`argv`) and as the `kedro run` command that repeats the run (`kedro_command`: every option spelled out, `--env`
 and `--params` included), the resolved load version of every dataset read and the version of every dataset
-written, per node, the parameters hash and the MLflow run id, in `<project>/data/lineage/<save_version>.json`. Rewritten after every save (status "running"), so a run killed
-later still leaves every version it saved traceable; finished with status "completed" or "failed". No Kedro:
-the hook hands in names, versions and the pipeline's nodes.
+written, per node, the parameters hash and the MLflow run id, in `<project>/data/lineage/<save_version>.json`.
+Rewritten after every save (status "running"), so a run killed later still leaves every version it saved
+traceable; finished with status "completed" or "failed". No Kedro: the hook hands in names, versions and the
+pipeline's nodes.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def _dotted(params: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def _param_value(value: Any) -> str:
-    # YAML spellings, which is how `kedro run --params` (OmegaConf) reads them back.
+    # YAML spellings, which is how `kedro run --params` (OmegaConf) reads them back. A list or mapping (only a
+    # `--config` file can pass one) is printed as JSON; on the command line kedro would split it at its commas.
     if value is None:
         return "null"
     if isinstance(value, bool):
