@@ -1,6 +1,6 @@
 """Train a small latent prior here (AutoencoderKL + class-conditional UNet2DModel), or fine-tune one.
 
-Recipe (from ../shared/notes/probe_digits.md, variant B, tuned): a 16 px image maps to a
+Recipe (docs/digits_prior.md: the probe's variant B, tuned): a 16 px image maps to a
 4×4×4 latent; the VAE trains on MSE + L1 + a weak KL with posterior samples; latents are then
 standardised from data (shift = mean, scale = 1/std of the training posterior means); the
 denoiser is an eps-predicting UNet (~0.7 M params) under DDPM's 1000 linear betas, with the class
