@@ -200,10 +200,11 @@ def _check_ld3m(section: Any, params: Mapping[str, Any]) -> None:
     run_table(section)
     # The node reads of the train split only its `source` (the `auto` DSA strategy): preprocess writes it.
     split = TensorBundle({}, {"source": (params.get("preprocess") or {}).get("source")})
+    ipcs = [int(ipc) for ipc in graph_parameter("ipcs")]
     for objective, space, variant in ld3m_runs():
-        for ipc in graph_parameter("ipcs"):
+        for ipc in ipcs:
             ld3m_config(section, split, str(params.get("device", "cpu")), objective=objective, space=space,
-                        ipc=int(ipc), variant=variant)
+                        ipc=ipc, variant=variant)
 
 
 # Parameter section -> the check its nodes apply (the same dataclasses, built the same way).
