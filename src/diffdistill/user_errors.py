@@ -365,13 +365,13 @@ def check_run(project_path: Path, package_name: str, options: Mapping[str, Any])
         return settings.CONFIG_LOADER_CLASS(conf_source=str(conf), env=explicit_env, runtime_params=runtime_params,
                                             **settings.CONFIG_LOADER_ARGS)
 
-    try:
-        if runtime:
-            refuse_unknown_sections(runtime, loader(None)["parameters"])
-        config_loader = loader(runtime or None)
-        config_loader["parameters"]
-    except MissingConfigException as error:
-        raise UserError(f"the configuration cannot be read: {error}") from None
+    if runtime:
+        try:
+            configured = loader(None)["parameters"]
+        except MissingConfigException as error:
+            raise UserError(f"the configuration cannot be read: {error}") from None
+        refuse_unknown_sections(runtime, configured)
+    config_loader = loader(runtime or None)
     # A context of its own, without the project's and plugins' hooks: nothing is logged to MLflow or written.
     context = settings.CONTEXT_CLASS(package_name=package_name, project_path=Path(project_path),
                                      config_loader=config_loader, hook_manager=_create_hook_manager(),
