@@ -188,6 +188,19 @@ def test_every_graph_key_and_its_parts_are_refused(given: str) -> None:
     refuse_graph_keys({"ld3m": {"iterations": {"dm": 5}}, "preprocess": {"seed": 1}}, PROJECT_ROOT / "conf", "test")
 
 
+def test_graph_key_refusal_names_the_file_to_edit(monkeypatch) -> None:
+    monkeypatch.chdir(PROJECT_ROOT)
+    conf = PROJECT_ROOT / "conf"
+    for env, where in [("test", "set it in conf/test/parameters.yml "),  # the environment sets it: that file
+                       ("local", "set it in conf/local/parameters.yml (the default is in conf/base/parameters.yml) "),
+                       (None, "set it in conf/base/parameters.yml ")]:
+        with pytest.raises(UserError) as refusal:
+            refuse_graph_keys({"ipcs": [0]}, conf, env)
+        assert where in str(refusal.value), (env, str(refusal.value))
+    with pytest.raises(UserError, match=r"set it in conf/local/parameters_ld3m\.yml \(the default is in conf/base/"):
+        refuse_graph_keys({"ld3m": {"runs": []}}, conf, "local")
+
+
 def test_upstream_plan_credits_the_smallest_writer_and_brings_its_own_inputs() -> None:
     def node(inputs: list[str], outputs: list[str], name: str) -> Node:
         return Node(lambda *a: a, inputs=inputs, outputs=outputs, name=name)

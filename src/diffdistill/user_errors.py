@@ -100,16 +100,25 @@ def _has_path(tree: Any, path: str) -> bool:
     return True
 
 
-def _defining_file(conf: Path, env: str | None, key: str) -> str:
-    """The parameters file of the run's environment that sets `key`, else of base, else where to add it."""
+def where_to_set(conf: Path, env: str | None, key: str) -> str:
+    """The parameters file to edit for `key` in environment `env`: the env's file that sets it, else the env's
+    namesake of base's file that sets it (an override of base's default); base's own when `env` has no folder."""
     import yaml
 
-    for folder in [conf / env] if env else []:
-        for path in sorted(folder.glob("parameters*.yml")):
-            if _has_path(yaml.safe_load(path.read_text()) or {}, key):
-                return _shown(path)
-    folder = conf / env if env and (conf / env).is_dir() else conf / "base"
-    return _shown(folder / "parameters.yml")
+    def setting(folder: Path) -> Path | None:
+        return next((path for path in sorted(folder.glob("parameters*.yml"))
+                     if _has_path(yaml.safe_load(path.read_text()) or {}, key)), None)
+
+    own = conf / env if env and (conf / env).is_dir() and env != "base" else None
+    default = setting(conf / "base")
+    if own is None:
+        return _shown(default or conf / "base" / "parameters.yml")
+    found = setting(own)
+    if found is not None:
+        return _shown(found)
+    if default is None:
+        return _shown(own / "parameters.yml")
+    return f"{_shown(own / default.name)} (the default is in {_shown(default)})"
 
 
 def refuse_graph_keys(runtime_params: Mapping[str, Any], conf: Path, env: str | None) -> None:
@@ -121,7 +130,7 @@ def refuse_graph_keys(runtime_params: Mapping[str, Any], conf: Path, env: str | 
             if path == key or path.startswith(key + ".") or key.startswith(path + "."):
                 raise UserError(
                     f"--params {path}={value!r}: {key!r} is read when the pipeline graph is built (it decides which "
-                    f"nodes exist), before --params apply; set it in {_defining_file(conf, env, key)} "
+                    f"nodes exist), before --params apply; set it in {where_to_set(conf, env, key)} "
                     "(or run another --env)")
 
 
@@ -231,8 +240,9 @@ def check_sections(sections: set[str], params: Mapping[str, Any], runtime_params
         except ValueError as error:  # ConfigError, or a config dataclass's own refusal (SourceConfig)
             message = str(error)
             from_cli = [path for path in given if path in message or path == name]
-            where = (f"given by --params {from_cli[0]}" if from_cli
-                     else f"set in {_shown(conf / (env or 'base'))}/ or {_shown(conf / 'base')}/parameters*.yml")
+            folders = [conf / env] if env and env != "base" else []
+            where = (f"given by --params {from_cli[0]}" if from_cli else "set in " + " or ".join(
+                f"{_shown(folder)}/parameters*.yml" for folder in [*folders, conf / "base"]))
             raise UserError(f"{message} ({where})") from None
 
 
@@ -291,12 +301,12 @@ def is_missing(catalog: Any, name: str) -> bool:
     return not catalog.exists(name)
 
 
-def plan_upstream(missing: list[str], phases: Mapping[str, Any], is_missing: Callable[[str], bool]) -> tuple[
+def plan_upstream(missing: list[str], phases: Mapping[str, Any], lacks: Callable[[str], bool]) -> tuple[
         dict[str, str | None], list[str]]:
     """For each missing dataset the phase that writes it, and every phase to run for them, upstream ones first.
 
-    A dataset several phases write (the teacher node also sits in baselines and prior) is credited to the smallest
-    of them; a producer's own missing inputs bring in their producers in turn."""
+    A dataset several phases write (a phase may embed another phase's node) is credited to the smallest of them;
+    a producer's own inputs for which `lacks` holds bring in their producers in turn."""
     def writer(name: str) -> str | None:
         candidates = [phase for phase, pipeline in phases.items() if name in pipeline.all_outputs()]
         return min(candidates, key=lambda phase: (len(phases[phase].nodes), phase)) if candidates else None
@@ -309,7 +319,7 @@ def plan_upstream(missing: list[str], phases: Mapping[str, Any], is_missing: Cal
             return
         visiting.add(phase)
         for name in sorted(phases[phase].inputs()):
-            if not name.startswith("params:") and name != "parameters" and is_missing(name):
+            if not name.startswith("params:") and name != "parameters" and lacks(name):
                 upstream = writer(name)
                 if upstream is not None and upstream != phase:
                     visit(upstream)
