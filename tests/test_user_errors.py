@@ -271,3 +271,36 @@ def test_a_fresh_clone_default_run_passes_the_checks(tmp_path: Path, monkeypatch
         pipelines.set_requested(None)
         set_run_environment(None)
     assert written(root) == {}
+
+
+def test_section_refusals_say_where_the_value_came_from(monkeypatch) -> None:
+    monkeypatch.chdir(PROJECT_ROOT)
+    conf, bad = PROJECT_ROOT / "conf", {"preprocess": {"source": "digitz"}}
+    with pytest.raises(UserError) as refusal:  # SourceConfig's own ValueError counts as a parameter refusal
+        check_sections({"preprocess"}, bad, {}, conf, "test")
+    assert str(refusal.value).startswith("preprocess.source='digitz' is not a known source; use one of [")
+    assert str(refusal.value).endswith("(set in conf/test/parameters*.yml or conf/base/parameters*.yml)")
+    with pytest.raises(UserError, match=r"\(given by --params preprocess\.source\)$"):
+        check_sections({"preprocess"}, bad, bad, conf, "test")
+    check_sections({"device", "ipcs"}, {"device": "cpu"}, {}, conf, "test")  # sections without a check pass
+
+
+@pytest.mark.slow
+def test_ld3m_section_is_checked_per_set_of_the_graph(monkeypatch) -> None:
+    from kedro.config import OmegaConfigLoader
+
+    from diffdistill.pipelines.graph import set_run_environment
+
+    monkeypatch.chdir(PROJECT_ROOT)
+    set_run_environment("test")
+    try:
+        params = OmegaConfigLoader(conf_source=str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="test",
+                                   merge_strategy={"parameters": "soft"})["parameters"]
+        params["ld3m"]["sampler"]["variant"] = "paper"
+        with pytest.raises(UserError, match=r"paper.*reference.*eq12"):  # the old name, refused naming the new ones
+            check_sections({"ld3m"}, params, {}, PROJECT_ROOT / "conf", "test")
+        del params["ld3m"]["sampler"]["variant"], params["ld3m"]["iterations"]["mtt"]
+        with pytest.raises(UserError, match=r"^ld3m\.iterations needs an entry for objective 'mtt'"):
+            check_sections({"ld3m"}, params, {}, PROJECT_ROOT / "conf", "test")
+    finally:
+        set_run_environment(None)
