@@ -50,10 +50,10 @@ def written(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_size for p in paths}
 
 
-def refused(root: Path, *args: str) -> str:
+def refused(root: Path, *args: str, timeout: float = 600) -> str:
     """Run `kedro run ARGS`; check it is refused in one line and wrote nothing; return that line without `Error: `."""
     before = written(root)
-    result = kedro(root, "run", *args, check=False)
+    result = kedro(root, "run", *args, check=False, timeout=timeout)
     output = result.stdout + result.stderr
     lines = own_lines(output)
     assert result.returncode != 0, output
@@ -115,7 +115,8 @@ def test_unknown_parameter_section_suggests_the_close_name(empty_project: Path) 
 
 @pytest.mark.slow
 def test_missing_upstream_names_the_pipelines_that_write_it(empty_project: Path) -> None:
-    message = refused(empty_project, "--pipelines", "d3hr", "--env", "test")
+    # Naming the writers builds every phase's graph (this error path only): minutes on a loaded 2-core machine.
+    message = refused(empty_project, "--pipelines", "d3hr", "--env", "test", timeout=1500)
     lacks, command = message.split("; run `kedro run --pipelines ")
     assert lacks == ("--pipelines d3hr reads artifacts with no saved version yet: class_gaussians (written by "
                      "gaussians), prior_model (written by prior), teacher_model (written by teacher), train_set "
