@@ -20,7 +20,7 @@ LAYERS = [
     {"prior"},
     {"distill", "evaluation"},
     {"datasets", "lineage", "pipelines", "hooks", "cli", "results", "settings", "pipeline_registry", "__main__",
-     "__init__"},
+     "__init__", "user_errors"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import click
+from kedro.framework.cli.project import run as kedro_run
 
 from diffdistill.lineage import format_tree, lineage_json, load_records, trace
+from diffdistill.user_errors import check_run, one_line_errors
 
 
 @click.group(name="diffdistill")
@@ -46,3 +48,12 @@ def show(dataset: str, version: str | None, depth: int | None, as_json: bool) ->
         click.echo(json.dumps(lineage_json(root), indent=2, default=str))
     else:
         click.echo(format_tree(root, depth=depth))
+
+
+@cli.command("run", params=list(kedro_run.params), help=kedro_run.help, short_help="Run the pipeline.")
+@click.pass_obj
+def run(metadata, **options) -> None:
+    """Kedro's `run`, after `check_run` refused the user errors it would otherwise meet mid-run."""
+    with one_line_errors():
+        check_run(metadata.project_path, metadata.package_name, options)
+        kedro_run.callback(**options)
