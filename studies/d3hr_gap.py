@@ -128,8 +128,8 @@ def d3hr_sets(train: TensorBundle, prior, teacher_bundle: TensorBundle, gaussian
     for ipc in ipcs:
         for factorised in (False, True):
             selection, _ = select_groups(gaussians, train, params, ipc=ipc, factorised=factorised)
-            bundle, _ = generate_images(selection, prior, train, teacher_bundle, params, "cpu", ipc=ipc)
-            sets[f"d3hr{'_factorised' if factorised else ''}_ipc{ipc}"] = bundle
+            name = f"d3hr{'_factorised' if factorised else ''}_ipc{ipc}"
+            sets[name], _ = generate_images(selection, prior, train, teacher_bundle, params, "cpu", ipc=ipc, name=name)
     return sets
 
 
@@ -161,8 +161,9 @@ def main() -> None:
     emit({"teacher_val_acc": 100 * teacher_bundle.meta["test_accuracy"], "train": len(train), "val": len(val)})
     baseline_sets = {}
     for ipc in ipcs:
-        baseline_sets[f"random_ipc{ipc}"] = make_random_subset(train, {"seed": 0}, ipc=ipc)[0]
-        baseline_sets[f"herding_ipc{ipc}"] = make_herding_subset(train, teacher_bundle, {"seed": 0}, "cpu", ipc=ipc)[0]
+        baseline_sets[f"random_ipc{ipc}"] = make_random_subset(train, {"seed": 0}, ipc=ipc, name=f"random_ipc{ipc}")[0]
+        baseline_sets[f"herding_ipc{ipc}"] = make_herding_subset(train, teacher_bundle, {"seed": 0}, "cpu", ipc=ipc,
+                                                                 name=f"herding_ipc{ipc}")[0]
     for name, bundle in ({} if args.no_baselines else baseline_sets).items():
         bundle.meta["ipc"] = int(name.rsplit("ipc", 1)[1])
         for protocol in protocols:

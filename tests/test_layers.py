@@ -1,7 +1,7 @@
 """The layer order of src/diffdistill: imports only run downward or sideways, and no module imports itself back.
 
     rng, config  ->  data  ->  workdir, nets, augment, diffusion  ->  prior  ->  distill, evaluation
-                 ->  datasets, lineage, pipelines, hooks, cli, results (the Kedro side and the tools)
+                 ->  datasets, lineage, pipelines, hooks, run_summary, cli, results (the Kedro side and the tools)
 
 Read from the source (every `import` / `from ... import`, also inside functions, so a lazy import counts too;
 only `if TYPE_CHECKING:` imports are left out, since they never run).
@@ -19,8 +19,8 @@ LAYERS = [
     {"workdir", "nets", "augment", "diffusion"},
     {"prior"},
     {"distill", "evaluation"},
-    {"datasets", "lineage", "pipelines", "hooks", "cli", "results", "settings", "pipeline_registry", "__main__",
-     "__init__", "user_errors"},
+    {"datasets", "lineage", "pipelines", "hooks", "run_summary", "cli", "results", "settings", "pipeline_registry",
+     "__main__", "__init__", "user_errors"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     root = scratch_project(tmp_path_factory.mktemp("evaluation"))
-    kedro(root, "run", "--env", "test")
+    run = kedro(root, "run", "--env", "test")
+    (root / "kedro-run.stdout").write_text(run.stdout)
     return root
 
 
@@ -31,8 +32,24 @@ def test_report_table_has_every_method_and_the_bounds(project: Path) -> None:
     assert "ConvNet" in table and "AlexNet" in table and "unseen mean" in table
     csv = (project / "data/08_reporting/report/table.csv" / version / "table.csv").read_text()
     lines = csv.strip().splitlines()
-    assert lines[0] == "ipc,space,method,set,convnet_mean,convnet_std,alexnet_mean,alexnet_std,unseen_mean"
+    assert lines[0] == "ipc,space,method,set,seeds,convnet_mean,convnet_std,alexnet_mean,alexnet_std,unseen_mean"
     assert len(lines) > 1 + 9
+
+
+LATEST = ("table.md", "table.html", "table.csv", "accuracy.png", "gradient_snr.png", "summary.json")
+
+
+def test_latest_report_sits_at_fixed_paths_and_the_run_prints_them(project: Path) -> None:
+    report = project / "data/08_reporting/report"
+    for name in LATEST:
+        (version,) = versions(project, f"data/08_reporting/report/{name}")
+        assert (report / "latest" / name).read_bytes() == (report / name / version / name).read_bytes(), name
+    printed = (project / "kedro-run.stdout").read_text()
+    assert "Comparison table (data/08_reporting/report/latest/table.md):" in printed
+    assert (report / "latest" / "table.md").read_text().strip() in printed
+    for name in LATEST:
+        assert f"  data/08_reporting/report/latest/{name}\n" in printed
+    assert "kedro viz run --env test" in printed and "mlflow ui --backend-store-uri sqlite:///mlflow.db" in printed
 
 
 def test_every_distilled_set_has_a_grid_and_results(project: Path) -> None:

@@ -3,8 +3,9 @@
 from kedro.config import OmegaConfigLoader
 
 from diffdistill.hooks import LineageHook, RuntimeHook
+from diffdistill.run_summary import RunSummaryHook
 
-HOOKS = (RuntimeHook(), LineageHook())
+HOOKS = (RuntimeHook(), LineageHook(), RunSummaryHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

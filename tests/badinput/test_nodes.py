@@ -114,14 +114,14 @@ def test_preprocess_node(data) -> None:
 @given(data=st.data())
 def test_baselines_random_node(split3, data) -> None:
     params, key = _broken("baselines", data)
-    assert_clear_error(lambda: make_random_subset(split3[0], params, ipc=1), key,
+    assert_clear_error(lambda: make_random_subset(split3[0], params, ipc=1, name="random_ipc1"), key,
                        case="baselines.make_random_subset/bad params")
 
 
 @NODE
 @given(ipc=st.one_of(st.integers(5, 50), st.integers(-3, 0)))
 def test_baselines_ipc_out_of_range(split3, ipc: int) -> None:
-    assert_clear_error(lambda: make_random_subset(split3[0], {"seed": 0}, ipc=ipc), "ipc",
+    assert_clear_error(lambda: make_random_subset(split3[0], {"seed": 0}, ipc=ipc, name=f"random_ipc{ipc}"), "ipc",
                        case="baselines.make_random_subset/ipc out of range")
 
 
@@ -131,7 +131,8 @@ def test_herding_with_a_teacher_of_another_dataset(split3, teacher3, mismatch: s
     train = {"channels": real_split(n_per_class=4, classes=3, channels=3),
              "image_size": real_split(n_per_class=4, classes=3, size=16),
              "classes": real_split(n_per_class=4, classes=2)}[mismatch]
-    assert_clear_error(lambda: make_herding_subset(train, teacher3, {"seed": 0}, "cpu", ipc=1), "teacher_model",
+    assert_clear_error(lambda: make_herding_subset(train, teacher3, {"seed": 0}, "cpu", ipc=1, name="herding_ipc1"),
+                       "teacher_model",
                        case=f"baselines.make_herding_subset/teacher {mismatch} mismatch")
 
 

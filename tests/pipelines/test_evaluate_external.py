@@ -48,7 +48,7 @@ def test_an_exported_set_is_imported_and_evaluated_like_the_original(tmp_path: P
     original = random_real_subset(train, 2, seed=0)
     export_set(original, tmp_path / "pngs")
     params = {**EVALUATE, "external": {"ours": {"path": "pngs", "ipc": 2}}}
-    imported, grid = import_external_set(test, train, params, name="ours")
+    imported, grid = import_external_set(test, train, params, name="ours", set_name="external_ours_ipc2")
     assert torch.equal(to_unit(imported["images"]), original["images"])
     assert grid.dtype == torch.uint8 and grid.shape[0] == 3
     for key in ("class_names", "num_classes", "source", "mean", "std"):  # what our sets carry from the real split
@@ -73,7 +73,7 @@ def test_an_import_error_names_the_file(tmp_path: Path, digits) -> None:
     torch.save({"images": torch.rand(20, 3, 16, 16), "labels": torch.arange(10).repeat(2)}, tmp_path / "rgb.pt")
     params = {**EVALUATE, "external": {"theirs": {"path": str(tmp_path / "rgb.pt"), "ipc": 2}}}
     with pytest.raises(ExternalSetError, match="rgb.pt: images have 3 channels, the test split's have 1"):
-        import_external_set(test, train, params, name="theirs")
+        import_external_set(test, train, params, name="theirs", set_name="external_theirs_ipc2")
 
 
 def test_each_entry_is_one_namespace_with_its_ipc(tmp_path: Path, monkeypatch) -> None:

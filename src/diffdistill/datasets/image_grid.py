@@ -1,4 +1,5 @@
-"""`ImageGridDataset`: a PNG picture (kedro-datasets' pillow ImageDataset, saved atomically)."""
+"""`ImageGridDataset`: a PNG picture (kedro-datasets' pillow ImageDataset, saved atomically; `latest: <path>`
+also writes each save to a fixed path, see `datasets.atomic`)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,17 @@ from PIL import Image
 
 from diffdistill.data.grid import grid_png_bytes
 from diffdistill.data.images import DECODE_ERRORS, describe_error
-from diffdistill.datasets.atomic import write_bytes_atomic
+from diffdistill.datasets.atomic import LatestCopy
 
 
-class ImageGridDataset(ImageDataset):
+class ImageGridDataset(LatestCopy, ImageDataset):
     """Saves a uint8 (3, H, W) tensor or a PIL image as PNG; loads a PIL image."""
 
+    def __init__(self, *, latest: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.keep_latest_at(latest)
+
     def save(self, data: Any) -> None:
-        save_path = get_filepath_str(self._get_save_path(), self._protocol)
         if isinstance(data, torch.Tensor):
             payload = grid_png_bytes(data.to(torch.uint8))
         elif isinstance(data, Image.Image):
@@ -30,8 +34,7 @@ class ImageGridDataset(ImageDataset):
             payload = buf.getvalue()
         else:
             raise TypeError(f"{self} saves a uint8 tensor or a PIL image, got {type(data).__name__}")
-        write_bytes_atomic(self._fs, save_path, payload)
-        self._invalidate_cache()
+        self.save_payload(payload)
 
     def load(self) -> Image.Image:
         load_path = get_filepath_str(self._get_load_path(), self._protocol)

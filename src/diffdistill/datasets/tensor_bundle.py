@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from pathlib import PurePosixPath
 from typing import Any
 
 from kedro.io.core import DatasetError, VersionNotFoundError, get_filepath_str
@@ -19,7 +20,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from diffdistill.data.bundle import TensorBundle
-from diffdistill.data.grid import grid_png_bytes, image_grid
+from diffdistill.data.grid import grid_png_bytes, set_grid
 from diffdistill.datasets.atomic import write_bytes_atomic
 
 FORMAT = "diffdistill.tensor_bundle/1"
@@ -126,15 +127,18 @@ class TensorBundleDataset(SafetensorsDataset):
 
 
 class ImageBundleDataset(TensorBundleDataset):
-    """A `TensorBundleDataset` whose bundle holds `images` (and `labels`): kedro-viz shows a class-per-row grid.
+    """A `TensorBundleDataset` whose bundle holds `images` (and `labels`): kedro-viz shows a class-per-row grid,
+    titled `title` (default: the file's name without suffix; distilled sets pass their set name).
 
     (kedro-viz picks the renderer from the `preview` return annotation, hence a class per preview kind.)
     """
+
+    def __init__(self, *, title: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._title = title or PurePosixPath(str(self._filepath)).stem
 
     def preview(self) -> ImagePreview:
         bundle = self.load()
         if bundle is None or "images" not in bundle or bundle.images.ndim != 4:
             raise DatasetError(f"{self} has no N×C×H×W `images` tensor to preview")
-        labels = bundle.tensors.get("labels")
-        grid = image_grid(bundle.images[:5000], labels[:5000] if labels is not None else None, max_per_class=10)
-        return ImagePreview(base64.b64encode(grid_png_bytes(grid)).decode())
+        return ImagePreview(base64.b64encode(grid_png_bytes(set_grid(bundle, self._title))).decode())

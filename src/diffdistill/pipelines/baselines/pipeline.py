@@ -3,7 +3,7 @@
 from kedro.pipeline import Node, Pipeline
 
 from diffdistill.pipelines.baselines.nodes import make_herding_subset, make_random_subset
-from diffdistill.pipelines.graph import graph_parameter, bind
+from diffdistill.pipelines.graph import bind, graph_parameter, set_names
 from diffdistill.pipelines.teacher import create_pipeline as teacher_pipeline
 
 
@@ -11,15 +11,16 @@ def create_pipeline(**kwargs) -> Pipeline:
     ipcs = [int(i) for i in graph_parameter("ipcs")]
     pipelines = []
     for ipc in ipcs:
+        random_set, herding_set = set_names(["random", "herding"], [ipc])
         pipelines.append(Pipeline(
-            [Node(bind(make_random_subset, ipc=ipc), inputs=["train_set", "params:baselines"],
+            [Node(bind(make_random_subset, ipc=ipc, name=random_set), inputs=["train_set", "params:baselines"],
                   outputs=["distilled_set", "distilled_grid"], name="make_random_subset")],
-            namespace=f"random_ipc{ipc}", inputs={"train_set"}, parameters={"params:baselines"}))
+            namespace=random_set, inputs={"train_set"}, parameters={"params:baselines"}))
         pipelines.append(Pipeline(
-            [Node(bind(make_herding_subset, ipc=ipc),
+            [Node(bind(make_herding_subset, ipc=ipc, name=herding_set),
                   inputs=["train_set", "teacher_model", "params:baselines", "params:device"],
                   outputs=["distilled_set", "distilled_grid"], name="make_herding_subset")],
-            namespace=f"herding_ipc{ipc}", inputs={"train_set", "teacher_model"},
+            namespace=herding_set, inputs={"train_set", "teacher_model"},
             parameters={"params:baselines", "params:device"}))
     # Herding needs the teacher's feature space, so the teacher node belongs to this phase too.
     return teacher_pipeline() + sum(pipelines, Pipeline([]))

@@ -10,7 +10,7 @@ import torch
 
 from diffdistill.config import build, to_dict
 from diffdistill.data.bundle import TensorBundle
-from diffdistill.data.grid import image_grid
+from diffdistill.data.grid import set_grid
 from diffdistill.distill import d3hr
 from diffdistill.distill.d3hr.config import GenerationConfig, GroupSamplingConfig, section
 from diffdistill.evaluation.saved import check_classifier_fits, classifier_from_bundle
@@ -76,16 +76,17 @@ def _images(prior: LatentPrior, selection: TensorBundle, config: GenerationConfi
 
 def generate_images(selection: TensorBundle, prior: LatentPrior, train_set: TensorBundle,
                     teacher_model: TensorBundle, params: dict[str, Any], device: str,
-                    *, ipc: int) -> tuple[TensorBundle, torch.Tensor]:
+                    *, ipc: int, name: str) -> tuple[TensorBundle, torch.Tensor]:
     """DDIM-sample the selected noises back from the inversion step, decode, clamp: the distilled set."""
     config = _generation(params)
     return _distilled(_images(prior, selection, config, device), selection, train_set, teacher_model, config, device,
-                      ipc=ipc)
+                      ipc=ipc, name=name)
 
 
 def _distilled(images: torch.Tensor, selection: TensorBundle, train_set: TensorBundle, teacher_model: TensorBundle,
-               config: GenerationConfig, device: str, *, ipc: int) -> tuple[TensorBundle, torch.Tensor]:
-    """Images of every class + the selection's recipes -> the distilled set (teacher soft labels if asked) and grid."""
+               config: GenerationConfig, device: str, *, ipc: int, name: str) -> tuple[TensorBundle, torch.Tensor]:
+    """Images of every class + the selection's recipes -> the distilled set (teacher soft labels if asked) and its
+    grid, titled `name`."""
     meta, labels = selection.meta, selection["labels"]
     tensors = {"images": images, "labels": labels.cpu()}
     if config.soft_labels:
@@ -95,7 +96,8 @@ def _distilled(images: torch.Tensor, selection: TensorBundle, train_set: TensorB
     method_meta = {"method": "d3hr", "ipc": ipc, "variant": "factorised" if meta["factorised"] else "paper",
                    "prior_fingerprint": meta["prior_fingerprint"], "guidance": config.guidance,
                    "num_steps": meta["num_steps"], "start_step": meta["start_step"], "recipes": meta["recipes"]}
-    return TensorBundle(tensors, {**real_split_meta(train_set), **method_meta}), image_grid(images, labels.cpu())
+    distilled = TensorBundle(tensors, {**real_split_meta(train_set), **method_meta})
+    return distilled, set_grid(distilled, name)
 
 
 def d3hr_classes(class_gaussians: TensorBundle, prior: LatentPrior, params: dict[str, Any], device: str, *,
@@ -109,7 +111,7 @@ def d3hr_classes(class_gaussians: TensorBundle, prior: LatentPrior, params: dict
 
 
 def merge_d3hr_parts(class_gaussians: TensorBundle, train_set: TensorBundle, teacher_model: TensorBundle,
-                     params: dict[str, Any], device: str, *parts: TensorBundle, ipc: int, factorised: bool):
+                     params: dict[str, Any], device: str, *parts: TensorBundle, ipc: int, factorised: bool, name: str):
     """Class shards of one D3HR set -> its `d3hr_selection`, metrics, distilled set and grid (the unsharded bytes)."""
     config = _generation(params)
     parts = list(parts)
@@ -120,5 +122,5 @@ def merge_d3hr_parts(class_gaussians: TensorBundle, train_set: TensorBundle, tea
                            torch.cat([p["labels"] for p in parts]), lists, ipc, factorised)
     seconds = sum(float(p.meta["selection_seconds"]) for p in parts)
     images = torch.cat([p["images"] for p in parts])
-    distilled, grid = _distilled(images, selection, train_set, teacher_model, config, device, ipc=ipc)
+    distilled, grid = _distilled(images, selection, train_set, teacher_model, config, device, ipc=ipc, name=name)
     return selection, _metrics(lists["scores"], seconds, ipc, factorised), distilled, grid

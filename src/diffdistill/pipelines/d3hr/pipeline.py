@@ -18,11 +18,11 @@ def d3hr_methods() -> list[str]:
     return ["d3hr"] + (["d3hr_factorised"] if graph_parameter("d3hr.factorised_side_by_side") else [])
 
 
-def _unsharded(ipc: int, factorised: bool) -> list[Node]:
+def _unsharded(name: str, ipc: int, factorised: bool) -> list[Node]:
     return [
         Node(bind(select_groups, ipc=ipc, factorised=factorised), inputs=["class_gaussians", "train_set", "params:d3hr"],
              outputs=["d3hr_selection", "d3hr_metrics"], name="select_groups"),
-        Node(bind(generate_images, ipc=ipc),
+        Node(bind(generate_images, ipc=ipc, name=name),
              inputs=["d3hr_selection", "prior_model", "train_set", "teacher_model", "params:d3hr", "params:device"],
              outputs=["distilled_set", "distilled_grid"], name="generate_images"),
     ]
@@ -34,7 +34,7 @@ def _sharded(name: str, ipc: int, factorised: bool, count: int) -> Pipeline:
                            inputs=["class_gaussians", "prior_model", "params:d3hr", "params:device"],
                            outputs="d3hr_part", name="d3hr_classes"),
         count, part="d3hr_part", inputs={"class_gaussians", "prior_model"}, parameters=PARAMETERS, within=name)
-    merge = Node(bind(merge_d3hr_parts, ipc=ipc, factorised=factorised),
+    merge = Node(bind(merge_d3hr_parts, ipc=ipc, factorised=factorised, name=name),
                  inputs=["class_gaussians", "train_set", "teacher_model", "params:d3hr", "params:device", *parts],
                  outputs=["d3hr_selection", "d3hr_metrics", "distilled_set", "distilled_grid"], name="merge_shards")
     merge_inputs = {"class_gaussians": "class_gaussians", "train_set": "train_set", "teacher_model": "teacher_model",
@@ -50,7 +50,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         for ipc in [int(i) for i in graph_parameter("ipcs")]:
             name, factorised = f"{method}_ipc{ipc}", method == "d3hr_factorised"
             if count == 1:
-                pipelines.append(Pipeline(_unsharded(ipc, factorised), namespace=name, inputs=SHARED,
+                pipelines.append(Pipeline(_unsharded(name, ipc, factorised), namespace=name, inputs=SHARED,
                                           parameters=PARAMETERS))
             else:
                 pipelines.append(_sharded(name, ipc, factorised, count))

@@ -10,7 +10,7 @@ import torch
 from diffdistill.config import build
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.data.external import load_external_set
-from diffdistill.data.grid import image_grid
+from diffdistill.data.grid import set_grid
 from diffdistill.evaluation.config import EvaluateConfig
 from diffdistill.pipelines.artifacts import real_split_meta
 from diffdistill.pipelines.evaluate.nodes import evaluate_set
@@ -19,8 +19,9 @@ logger = logging.getLogger(__name__)
 
 
 def import_external_set(test_set: TensorBundle, train_set: TensorBundle, params: dict[str, Any], *,
-                        name: str) -> tuple[TensorBundle, torch.Tensor]:
-    """Read and check `evaluate.external.<name>` against the test split; save it as a distilled set and a grid.
+                        name: str, set_name: str) -> tuple[TensorBundle, torch.Tensor]:
+    """Read and check `evaluate.external.<name>` against the test split; save it as a distilled set and a grid
+    (titled `set_name`).
 
     The saved set carries what our sets carry from the real split (classes, source, normalisation statistics)
     and, under meta `external`, the file's resolved path, format and sha256: the lineage of a file the catalog
@@ -33,7 +34,8 @@ def import_external_set(test_set: TensorBundle, train_set: TensorBundle, params:
     origin = meta["external"]
     logger.info("external set %r: %d images (ipc %d) from %s (%s, sha256 %s)", name, len(bundle), meta["ipc"],
                 origin["path"], origin["format"], origin["sha256"][:12])
-    return TensorBundle(bundle.tensors, meta), image_grid(bundle["images"], bundle["labels"])
+    imported = TensorBundle(bundle.tensors, meta)
+    return imported, set_grid(imported, set_name)
 
 
 def evaluate_external_set(distilled_set: TensorBundle, train_set: TensorBundle, test_set: TensorBundle,

@@ -42,7 +42,8 @@ def external_sets() -> dict[str, str]:
 def create_pipeline(**kwargs) -> Pipeline:
     external = external_sets()
     imported = [
-        Pipeline([Node(bind(import_external_set, name=source), inputs=["test_set", "train_set", "params:evaluate"],
+        Pipeline([Node(bind(import_external_set, name=source, set_name=name),
+                       inputs=["test_set", "train_set", "params:evaluate"],
                        outputs=["distilled_set", "distilled_grid"], name="import_external_set"),
                   Node(bind(evaluate_external_set, set_name=name),
                        inputs=["distilled_set", "train_set", "test_set", "teacher_model", "params:evaluate",

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from diffdistill.data.bundle import TensorBundle
-from diffdistill.data.grid import image_grid
+from diffdistill.data.grid import set_grid
 from diffdistill.distill.ld3m import LD3MConfig, distill_ld3m, load_checkpoint
 from diffdistill.nets import net_factory
 from diffdistill.pipelines.artifacts import real_split_meta
@@ -114,5 +114,5 @@ def _outputs(distilled: TensorBundle, state: TensorBundle, history: History, con
     name = distilled.meta["set"]
     logger.info("%s: %d iterations, %.1f s of distillation, final loss %.4g", name, config.iterations,
                 sum(history.get("time_s", [])), (history.get("loss") or [float("nan")])[-1])
-    return (distilled, image_grid(distilled["images"], distilled["labels"]), state, as_mlflow_history(history),
+    return (distilled, set_grid(distilled, name), state, as_mlflow_history(history),
             gradient_record(history, config, name))

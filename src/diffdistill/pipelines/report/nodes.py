@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 from typing import Any
 
@@ -9,10 +10,20 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-ARCH_LABELS = {"convnet": "ConvNet", "alexnet": "AlexNet", "vgg11": "VGG11", "resnet18": "ResNet18", "vit": "ViT"}
+from diffdistill.results import ARCH_LABELS  # noqa: E402
+
+# Rows of the table and of the plot go in this order of spaces within each IPC; each space has one colour.
+SPACE_ORDER = ["real", "pixel", "decoder only", "condition only", "no residual", "latent (LD3M, Eq. 12 as printed)",
+               "latent (LD3M)", "noise (D3HR)"]
+CSV_DECIMALS = 2  # accuracies in %: two decimals are well below the spread over seeds
+ROW_INCHES = 0.24  # height of one set's row in the bar plot: 8-pt labels with room between them
+PANEL_INCHES, LABEL_INCHES = 2.0, 3.4  # width of one architecture's panel and of the set labels
 
 
 def row_label(meta: dict[str, Any]) -> tuple[str, str]:
@@ -33,8 +44,20 @@ def row_label(meta: dict[str, Any]) -> tuple[str, str]:
     return {"latent": "latent (LD3M)", "pixel": "pixel"}.get(space, space.replace("_", " ")), objective
 
 
+def accuracy_cell(stats: dict[str, Any] | None) -> str:
+    """"mean ± std" over seeds; a single seed has no spread to show, so "mean (n = 1)"; "–" when not evaluated."""
+    if not stats:
+        return "–"
+    if stats.get("n") == 1:
+        return f"{stats['mean']:.1f} (n = 1)"
+    return f"{stats['mean']:.1f} ± {stats['std']:.1f}"
+
+
 def comparison_table(results: list[dict[str, Any]], archs: list[str]) -> pd.DataFrame:
-    """One row per evaluated set: mean ± std per architecture and the mean over unseen architectures."""
+    """One row per evaluated set: mean ± std per architecture and the mean over unseen architectures.
+
+    Hidden columns (`_`-prefixed) keep the numbers: `_<arch>_mean`, `_<arch>_std` (NaN for one seed), `_seeds`.
+    """
     records = []
     for result in results:
         if result.get("status") != "done":
@@ -43,22 +66,25 @@ def comparison_table(results: list[dict[str, Any]], archs: list[str]) -> pd.Data
         space, method = row_label(meta)
         row: dict[str, Any] = {"IPC": meta.get("ipc") if meta.get("ipc") is not None else "all",
                                "space": space, "method": method, "set": result["set"]}
+        seeds = []
         for arch in archs:
             stats = result["summary"].get(arch)
-            row[ARCH_LABELS.get(arch, arch)] = f"{stats['mean']:.1f} ± {stats['std']:.1f}" if stats else "–"
+            row[ARCH_LABELS.get(arch, arch)] = accuracy_cell(stats)
             row[f"_{arch}_mean"] = stats["mean"] if stats else float("nan")
-            row[f"_{arch}_std"] = stats["std"] if stats else float("nan")
+            row[f"_{arch}_std"] = stats["std"] if stats and stats.get("n") != 1 else float("nan")
+            if stats and stats.get("n") is not None:
+                seeds.append(int(stats["n"]))
         unseen = result["summary"].get("unseen_mean")
         row["unseen mean"] = f"{unseen['mean']:.1f}" if unseen else "–"
         row["_unseen_mean"] = unseen["mean"] if unseen else float("nan")
+        row["_seeds"] = min(seeds) if seeds else None
         records.append(row)
     table = pd.DataFrame.from_records(records)
     if table.empty:
         return table
-    order = {"real": 0, "pixel": 1, "decoder only": 2, "condition only": 3, "no residual": 4,
-             "latent (LD3M, Eq. 12 as printed)": 5, "latent (LD3M)": 6, "noise (D3HR)": 7}
+    order = {space: i for i, space in enumerate(SPACE_ORDER)}
     table["_ipc_order"] = table["IPC"].map(lambda v: 10**9 if v == "all" else int(v))
-    table["_space_order"] = table["space"].map(lambda s: order.get(s, 8))
+    table["_space_order"] = table["space"].map(lambda s: order.get(s, len(order)))
     return table.sort_values(["_ipc_order", "_space_order", "method"]).reset_index(drop=True)
 
 
@@ -66,9 +92,46 @@ def visible(table: pd.DataFrame) -> pd.DataFrame:
     return table[[c for c in table.columns if not c.startswith("_") and c != "set"]] if not table.empty else table
 
 
+def numeric(table: pd.DataFrame, archs: list[str]) -> pd.DataFrame:
+    """The machine-readable table: one row per set, `seeds`, then mean and std (empty for one seed) per
+    architecture and the unseen mean, in % rounded to CSV_DECIMALS."""
+    columns = {"IPC": "ipc", "space": "space", "method": "method", "set": "set", "_seeds": "seeds"}
+    for arch in archs:
+        columns[f"_{arch}_mean"] = f"{arch}_mean"
+        columns[f"_{arch}_std"] = f"{arch}_std"
+    columns["_unseen_mean"] = "unseen_mean"
+    out = table[list(columns)].rename(columns=columns)
+    accuracy = [c for c in out.columns if c.endswith(("_mean", "_std"))]
+    out[accuracy] = out[accuracy].astype(float).round(CSV_DECIMALS)
+    out["seeds"] = out["seeds"].astype("Int64")
+    return out
+
+
+def caption(unseen_archs: list[str], code) -> str:
+    """What the numbers are; `code(text)` marks a column name (backticks in markdown, <code> in HTML)."""
+    return ("Test accuracy (%) of architectures trained from scratch on each set; final epoch, mean ± std over seeds "
+            "(n = 1: a single seed, so no spread). " + code("unseen mean") + " averages "
+            + ", ".join(ARCH_LABELS.get(a, a) for a in unseen_archs) + ".")
+
+
+def html_page(table: pd.DataFrame, unseen_archs: list[str], missing: list[str]) -> str:
+    """A standalone HTML page: the caption, the table (numbers right-aligned), the sets not evaluated yet."""
+    body = (table.to_html(index=False, border=0, classes="report", na_rep="–") if not table.empty
+            else "<p>(no evaluated sets)</p>")
+    note = (f"<p>Not evaluated yet (run their pipelines): {html.escape(', '.join(missing))}</p>" if missing else "")
+    style = ("body{font-family:system-ui,sans-serif;margin:2em}table.report{border-collapse:collapse}"
+             "table.report th,table.report td{padding:3px 10px;border-bottom:1px solid #ddd;text-align:right;"
+             "white-space:nowrap}table.report td:nth-child(-n+3),table.report th:nth-child(-n+3){text-align:left}")
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>diffdistill report</title>\n"
+            f"<style>{style}</style>\n</head>\n<body>\n<h1>Cross-architecture evaluation</h1>\n"
+            f"<p>{caption(unseen_archs, lambda s: f'<code>{html.escape(s)}</code>')}</p>\n{body}\n{note}\n"
+            "</body>\n</html>\n")
+
+
 def figure_image(fig: Any) -> Image.Image:
-    """A matplotlib figure as an RGB PIL image (closes the figure)."""
-    fig.tight_layout()
+    """A matplotlib figure as an RGB PIL image (closes the figure); figures without a layout engine get tight_layout."""
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
@@ -76,54 +139,76 @@ def figure_image(fig: Any) -> Image.Image:
     return Image.open(buf).convert("RGB")
 
 
-def numeric(table: pd.DataFrame, archs: list[str]) -> pd.DataFrame:
-    """The machine-readable table: numbers, one mean and one std column per architecture."""
-    columns = {"IPC": "ipc", "space": "space", "method": "method", "set": "set"}
-    for arch in archs:
-        columns[f"_{arch}_mean"] = f"{arch}_mean"
-        columns[f"_{arch}_std"] = f"{arch}_std"
-    columns["_unseen_mean"] = "unseen_mean"
-    return table[list(columns)].rename(columns=columns)
+def set_labels(table: pd.DataFrame) -> list[str]:
+    """One label per row of the bar plot: IPC, space, method, and "n = 1" for a single seed (no error bar)."""
+    return [f"{'all data' if ipc == 'all' else f'IPC {ipc}'} · {space} · {method}" + (" (n = 1)" if seeds == 1 else "")
+            for ipc, space, method, seeds in zip(table["IPC"], table["space"], table["method"], table["_seeds"],
+                                                 strict=True)]
 
 
-def bar_plot(table: pd.DataFrame, archs: list[str]) -> Image.Image:
-    """Grouped bars (one group per set, one bar per architecture) with ±1 std error bars."""
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * max(len(table), 1) * len(archs) / 3), 4), dpi=100)
-    if not table.empty:
-        width = 0.8 / len(archs)
-        for i, arch in enumerate(archs):
-            xs = [j + (i - (len(archs) - 1) / 2) * width for j in range(len(table))]
-            ax.bar(xs, table[f"_{arch}_mean"], width, yerr=table[f"_{arch}_std"], capsize=2,
-                   label=ARCH_LABELS.get(arch, arch))
-        ax.set_xticks(range(len(table)))
-        ax.set_xticklabels([f"{r.method}\n{r.space}\nIPC {r.IPC}" for r in table.itertuples()], fontsize=7)
-        ax.legend(fontsize=7, ncol=len(archs))
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Cross-architecture evaluation (mean ± std over seeds, final epoch)", fontsize=9)
-    return figure_image(fig)
+def accuracy_figure(table: pd.DataFrame, archs: list[str], unseen_archs: list[str]) -> Figure:
+    """Horizontal bars faceted by architecture: one panel per architecture plus the unseen mean, one row per set
+    (the set labels once, on the left), ±1 std over seeds as error bars (none for one seed), colour = space.
+    The figure grows by ROW_INCHES per set, so 30 sets × 5 architectures stay legible."""
+    panels = [(ARCH_LABELS.get(a, a), f"_{a}_mean", f"_{a}_std") for a in archs]
+    panels.append(("unseen mean", "_unseen_mean", None))
+    rows = max(len(table), 1)
+    fig, axes = plt.subplots(1, len(panels), sharey=True, squeeze=False, layout="constrained", dpi=100,
+                             figsize=(LABEL_INCHES + PANEL_INCHES * len(panels), 1.6 + ROW_INCHES * rows))
+    axes = axes[0]
+    fig.suptitle("Cross-architecture evaluation: test accuracy (%), final epoch, mean ± std over seeds; unseen mean = "
+                 + ", ".join(ARCH_LABELS.get(a, a) for a in unseen_archs), fontsize=10)
+    if table.empty:
+        axes[0].text(0.5, 0.5, "no evaluated sets yet", ha="center", va="center", transform=axes[0].transAxes)
+        return fig
+    y = np.arange(len(table))
+    palette = plt.get_cmap("tab10")
+    spaces = [s for s in SPACE_ORDER if s in set(table["space"])] + sorted(set(table["space"]) - set(SPACE_ORDER))
+    colour = {space: palette(i % 10) for i, space in enumerate(spaces)}
+    colours = [colour[s] for s in table["space"]]
+    # A line between IPC groups: the rows of one IPC compare with each other, not across.
+    breaks = [i - 0.5 for i in range(1, len(table)) if table["IPC"].iloc[i] != table["IPC"].iloc[i - 1]]
+    for ax, (title, mean, std) in zip(axes, panels, strict=True):
+        xerr = table[std].to_numpy(dtype=float) if std else None
+        ax.barh(y, table[mean].to_numpy(dtype=float), height=0.7, color=colours, xerr=xerr,
+                error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "0.2"})
+        for line in breaks:
+            ax.axhline(line, color="0.6", lw=0.6)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlim(0, 100)
+        ax.set_xticks([0, 25, 50, 75, 100])
+        ax.tick_params(labelsize=8)
+        ax.grid(axis="x", color="0.9", lw=0.6)
+        ax.set_axisbelow(True)
+        ax.set_xlabel("test accuracy (%)", fontsize=8)
+    axes[0].set_yticks(y, set_labels(table), fontsize=8)
+    axes[0].set_ylim(len(table) - 0.5, -0.5)  # first row on top, as in the table
+    fig.legend(handles=[Patch(color=colour[s], label=s) for s in spaces], loc="outside lower center",
+               ncols=min(len(spaces), 4), fontsize=8, frameon=False)
+    return fig
 
 
-def build_report(params: dict[str, Any], *results: dict[str, Any]) -> tuple[str, str, str, Image.Image, dict]:
+def bar_plot(table: pd.DataFrame, archs: list[str], unseen_archs: list[str]) -> Image.Image:
+    return figure_image(accuracy_figure(table, archs, unseen_archs))
+
+
+def build_report(params: dict[str, Any], *results: dict[str, Any]) -> tuple[str, str, pd.DataFrame, Image.Image, dict]:
     """Markdown + HTML + CSV table and a bar plot over every set that has been evaluated."""
     from diffdistill.config import build
     from diffdistill.evaluation.config import ReportConfig
 
     config = build(ReportConfig, {k: v for k, v in params.items() if k in ("archs", "unseen_archs")}, "evaluate")
-    archs = list(config.archs)
+    archs, unseen = list(config.archs), list(config.unseen_archs)
     table = comparison_table(list(results), archs)
     shown = visible(table)
     missing = sorted(r["set"] for r in results if r.get("status") != "done")
     note = f"\n\nNot evaluated yet (run their pipelines): {', '.join(missing)}\n" if missing else "\n"
-    header = ("Test accuracy (%) of architectures trained from scratch on each set; final epoch, mean ± std over "
-              "seeds. `unseen mean` averages " + ", ".join(ARCH_LABELS.get(a, a) for a in config.unseen_archs)
-              + ".\n\n")
-    markdown = header + (shown.to_markdown(index=False) if not shown.empty else "(no evaluated sets)") + note
-    html = ("<html><head><meta charset='utf-8'><title>diffdistill report</title></head><body>"
-            f"<p>{header.strip()}</p>" + shown.to_html(index=False, border=0) + f"<p>{note.strip()}</p></body></html>")
-    csv = numeric(table, archs).to_csv(index=False) if not table.empty else ""
+    markdown = (caption(unseen, lambda s: f"`{s}`") + "\n\n"
+                + (shown.to_markdown(index=False, disable_numparse=True) if not shown.empty else "(no evaluated sets)") + note)
+    csv = numeric(table, archs) if not table.empty else pd.DataFrame(columns=["ipc", "space", "method", "set"])
     done = [r["set"] for r in results if r.get("status") == "done"]
     summary = {"sets": done, "distilled_sets": [name for name in done if name != "full"], "missing": missing}
-    return markdown, html, csv, bar_plot(table, archs), summary
+    return markdown, html_page(shown, unseen, missing), csv, bar_plot(table, archs, unseen), summary
 
 
 def rolling_snr(values: list[float], window: int) -> tuple[list[int], list[float]]:
@@ -138,8 +223,6 @@ def rolling_snr(values: list[float], window: int) -> tuple[list[int], list[float
 def gradient_snr_plot(params: dict[str, Any], *records: dict[str, Any] | None) -> Image.Image:
     """Paper Fig. 7: SNR of ‖∂L/∂Z‖ over iterations with (`latent`, the reproduction variant) vs without
     (`no_residual`) the residual skip, one panel per (objective, IPC); dashed lines are linear fits. Sets not run yet are skipped."""
-    import numpy as np
-
     window = int(params.get("snr_window", 10))
     panels: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for record in records:
