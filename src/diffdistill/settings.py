@@ -9,7 +9,6 @@ from diffdistill.hooks import LineageHook, RuntimeHook
 HOOKS = (RuntimeHook(), LineageHook())
 
 
-
 class _WithoutPluginPredictHintWarning(logging.Filter):
     """Drops MLflow's "Add type hints to the `predict` method" warning about kedro-mlflow's `KedroPipelineModel`.
 
