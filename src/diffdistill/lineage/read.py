@@ -136,12 +136,21 @@ def format_tree(root: LineageNode, depth: int | None = None) -> str:
     """The DAG depth first, each artifact version once, then the runs that produced it.
 
     An input already printed is not expanded again: a node's repeated inputs share one last line,
-    `<dataset> @ <version>, ...  (see above)`. `depth` limits how many levels of inputs are expanded (None: all).
-    A dataset read at several versions is named at the end.
+    `<dataset>, ...  (see above)` (with `@ <version>` for a dataset the DAG holds at several versions). `depth`
+    limits how many levels of inputs are expanded (None: all). A dataset read at several versions is named at the
+    end.
     """
     runs = _runs(root)
     run_label = {run["save_version"]: f"run {i}" for i, run in enumerate(runs, 1)}
+    versions: dict[str, set[str]] = {}
+    for node in _walk(root):
+        if node.version is not None:
+            versions.setdefault(node.dataset, set()).add(node.version)
     expanded: set[int] = set()
+
+    def reference(node: LineageNode) -> str:
+        # The name alone is unambiguous unless the DAG holds the dataset at several versions.
+        return node.dataset if node.version is not None and len(versions[node.dataset]) == 1 else node.label
 
     def describe(node: LineageNode) -> str:
         if node.run is None:
@@ -158,7 +167,7 @@ def format_tree(root: LineageNode, depth: int | None = None) -> str:
         repeats: list[str] = []
         for parent in node.parents:
             if id(parent) in expanded:
-                repeats.append(parent.label)
+                repeats.append(reference(parent))
             else:
                 children.append(block(parent, level + 1))
         if repeats:
@@ -171,10 +180,6 @@ def format_tree(root: LineageNode, depth: int | None = None) -> str:
         return lines
 
     lines = block(root, 0)
-    versions: dict[str, set[str]] = {}
-    for node in _walk(root):
-        if node.version is not None:
-            versions.setdefault(node.dataset, set()).add(node.version)
     mixed = {name: sorted(v) for name, v in sorted(versions.items()) if len(v) > 1}
     for name, found in mixed.items():
         lines.append(f"note: {name} is read at {len(found)} versions ({', '.join(found)})")
