@@ -248,6 +248,7 @@ def gradient_snr_plot(params: dict[str, Any], *records: dict[str, Any] | None) -
                 ax.plot(steps, fit, ls="--", lw=1, color=line.get_color())
         ax.set_title(f"{objective.upper()}, IPC {ipc}", fontsize=9)
         ax.set_xlabel("distillation iteration")
-        ax.set_ylabel(f"SNR of ‖∂L/∂Z‖ (window {window})")
+        shown = max(2, min(window, max(len(r["grad_norm"]) for r in group)))  # as `rolling_snr` clips it
+        ax.set_ylabel(f"SNR of ‖∂L/∂Z‖ (window {shown})")
         ax.legend(fontsize=7)
     return figure_image(fig)
