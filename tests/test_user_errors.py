@@ -12,6 +12,7 @@ from kedro.io.core import Version
 from kedro.pipeline import Node, Pipeline
 
 from diffdistill.config import ConfigError
+from diffdistill.pipelines.graph import GRAPH_KEYS
 from diffdistill.user_errors import (
     SECTION_CHECKS,
     UserError,
@@ -169,11 +170,8 @@ def test_phase_names_are_the_pipeline_packages() -> None:
         check_pipeline_names(["preprocess", "gausians"])
 
 
-@pytest.mark.parametrize("given", ["ipcs", "ld3m.runs", "evaluate.methods", "shards", "d3hr.factorised_side_by_side",
-                                   "ld3m.runs.0"])
+@pytest.mark.parametrize("given", [*GRAPH_KEYS, f"{GRAPH_KEYS[0]}.part"])
 def test_every_graph_key_and_its_parts_are_refused(given: str) -> None:
-    from diffdistill.pipelines.graph import GRAPH_KEYS
-
     tree: dict = {}
     node = tree
     *parents, leaf = given.split(".")
