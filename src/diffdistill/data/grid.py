@@ -6,7 +6,6 @@ import io
 
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
 
 from diffdistill.data.bundle import to_unit
 
@@ -17,6 +16,8 @@ def image_grid(images: torch.Tensor, labels: torch.Tensor | None = None, *, max_
 
     Small images are upscaled (nearest) to at least `upscale_to` px so digits stay visible.
     """
+    from torchvision.utils import make_grid  # importing torchvision loads all its models: only when drawing
+
     if images.ndim != 4:
         raise ValueError(f"image_grid expects N×C×H×W images, got shape {tuple(images.shape)}")
     x = to_unit(images.detach().cpu())
