@@ -111,7 +111,8 @@ class Progress:
             return
         now = self._clock()
         since = now - self._last_line
-        if since >= self.min_interval_s and (self.done >= self._next_mark or since >= self.heartbeat_s):
+        finished = self.done >= self.total  # the closing line reports it
+        if not finished and since >= self.min_interval_s and (self.done >= self._next_mark or since >= self.heartbeat_s):
             self._last_line = now
             self._next_mark = self._mark_after(self.done)
             logger.info("%s", self.line(now))
