@@ -41,7 +41,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def viz(tmp_path_factory):
     root = scratch_project(tmp_path_factory.mktemp("viz-report"))
-    kedro(root, "run", "--pipelines", "preprocess,baselines,evaluate,report", "--env", "test", timeout=1800)
+    kedro(root, "run", "--pipelines", "preprocess,teacher,baselines,evaluate,report", "--env", "test", timeout=1800)
     with serve_viz(root, "--env", "test", log_path=root / "kedro-viz.log") as url:
         with headless_chromium(*TOOLS, width=1800, height=1200) as driver:
             open_as_returning_user(driver, url)
