@@ -32,11 +32,13 @@ def main() -> None:
     parser.add_argument("--ipc", type=int, default=1)
     parser.add_argument("--iterations", default="40,120,360")
     parser.add_argument("--seeds", default="0,1", help="training seeds of the judges")
+    parser.add_argument("--archs", default=",".join(ARCHS), help="judges: convnet first, then the unseen ones")
     args = parser.parse_args()
     train, val, prior = load_study_inputs(Path(args.project))
     params = base_params(Path(args.project))
     protocol = judge_protocol(train, params)
     seeds = [int(s) for s in args.seeds.split(",")]
+    archs = tuple(args.archs.split(","))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = set()
@@ -49,9 +51,9 @@ def main() -> None:
             lr = float(params["ld3m"]["lr"][space][objective])
             record = run_point(train, val, prior, params, objective=objective, space=space, variant=None, lr=lr,
                                ipc=args.ipc, protocol=protocol, seeds=seeds, experts=None, iterations=iterations,
-                               archs=ARCHS)
-            unseen = [record["val_by_arch"][a]["mean"] for a in ARCHS[1:]]
-            record["val_unseen_mean"] = sum(unseen) / len(unseen)
+                               archs=archs)
+            unseen = [record["val_by_arch"][a]["mean"] for a in archs[1:]]
+            record["val_unseen_mean"] = sum(unseen) / len(unseen) if unseen else None
             print(json.dumps(record), flush=True)
             with out.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")

@@ -26,11 +26,17 @@ def scratch_project(tmp_path: Path) -> Path:
     return root
 
 
-def kedro(root: Path, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the `kedro` CLI of this venv inside `root`."""
+def kedro(root: Path, *args: str, timeout: float = 600, check: bool = True,
+          env_overrides: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+    """Run the `kedro` CLI of this venv inside `root`; `env_overrides` set (or, with None, remove) variables."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "true", "KEDRO_DISABLE_TELEMETRY": "1",
            "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    for key, value in (env_overrides or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     kedro_bin = Path(sys.executable).with_name("kedro")
     result = subprocess.run([str(kedro_bin), *args], cwd=root, env=env, capture_output=True, text=True,
                             timeout=timeout)

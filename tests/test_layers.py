@@ -1,6 +1,6 @@
 """The layer order of src/diffdistill: imports only run downward or sideways, and no module imports itself back.
 
-    rng, config  ->  data  ->  workdir, nets, augment, diffusion  ->  prior  ->  distill, evaluation
+    rng, config, progress  ->  data  ->  workdir, nets, augment, diffusion  ->  prior  ->  distill, evaluation
                  ->  datasets, lineage, pipelines, hooks, run_summary, cli, results (the Kedro side and the tools)
 
 Read from the source (every `import` / `from ... import`, also inside functions, so a lazy import counts too;
@@ -14,13 +14,13 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "diffdistill"
 LAYERS = [
-    {"rng", "config"},
+    {"rng", "config", "progress"},
     {"data"},
     {"workdir", "nets", "augment", "diffusion"},
     {"prior"},
     {"distill", "evaluation"},
     {"datasets", "lineage", "pipelines", "hooks", "run_summary", "cli", "results", "settings", "pipeline_registry",
-     "__main__", "__init__"},
+     "__main__", "__init__", "user_errors"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

@@ -73,3 +73,5 @@ def test_notebook_loads_the_report_through_the_catalog(project: Path) -> None:
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 1 + 4  # the plot and one grid per set
     assert any("random subset" in o.get("data", {}).get("text/markdown", "") for o in outputs)
+    # %load_ext kedro.ipython from notebooks/: MLflow's store stays the project's (conf/*/mlflow.yml).
+    assert not (project / "notebooks" / "mlflow.db").exists() and (project / "mlflow.db").is_file()

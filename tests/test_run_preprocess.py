@@ -35,6 +35,9 @@ def test_two_runs_give_two_versions_with_different_splits(project: Path) -> None
 def test_lineage_show_prints_the_chain(project: Path) -> None:
     out = kedro(project, "lineage", "show", "train_set").stdout
     assert "train_set @" in out and "load_raw_source" in out and "mlflow" in out
+    # The latest train_set comes from the second run: its environment and the command that repeats it.
+    assert "pipelines preprocess, env test" in out
+    assert "$ kedro run --pipelines=preprocess --env=test --params=preprocess.seed=1" in out
     records = sorted((project / "data" / "lineage").glob("*.json"))
     assert len(records) == 2
     record = json.loads(records[-1].read_text())
@@ -55,6 +58,11 @@ def test_mlflow_run_has_params_metrics_and_the_data_report(project: Path) -> Non
     assert run.data.params["preprocess.source"] == "digits"
     assert run.data.metrics["data_metrics.train_images"] > 0
     assert run.data.tags["diffdistill.save_version"]
+    # kedro-mlflow's own tag drops --env and --params; the project's hook writes the full command.
+    assert {r.data.tags["kedro_command"] for r in runs} == {
+        "kedro run --pipelines=preprocess --env=test",
+        "kedro run --pipelines=preprocess --env=test --params=preprocess.seed=1"}
+    assert run.data.tags["diffdistill.env"] == "test"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "data_report.json" in artifacts and "lineage" in artifacts
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -19,7 +20,7 @@ def restore_torch_settings():
 
 
 def _run(params: dict) -> None:
-    RuntimeHook().after_context_created(SimpleNamespace(params=params))
+    RuntimeHook().after_context_created(SimpleNamespace(params=params, env=None, project_path=Path.cwd()))
 
 
 def test_parameters_set_threads_and_matmul_precision(restore_torch_settings) -> None:

@@ -66,7 +66,7 @@ def _sha256(path: Path) -> str:
 def runs(tmp_path_factory) -> tuple[Path, Path]:
     upstream = scratch_project(tmp_path_factory.mktemp("upstream"))
     _configure(upstream, 1)
-    kedro(upstream, "run", "--env", "test", "--pipelines", "preprocess,prior")
+    kedro(upstream, "run", "--env", "test", "--pipelines", "preprocess,teacher,prior")
     unsharded = _copy(upstream, tmp_path_factory.mktemp("unsharded"), 1)
     kedro(unsharded, "run", "--env", "test", "--pipelines", PHASES)
     sharded = _copy(upstream, tmp_path_factory.mktemp("sharded"), 2)

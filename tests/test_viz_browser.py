@@ -46,7 +46,7 @@ DOCS_IMAGES = PROJECT_ROOT / "docs" / "images"  # written only with DIFFDISTILL_
 def viz(tmp_path_factory):
     root = scratch_project(tmp_path_factory.mktemp("viz"))
     # Artifacts first, so dataset previews have files to show.
-    kedro(root, "run", "--pipelines", "preprocess,baselines", "--env", "test")
+    kedro(root, "run", "--pipelines", "preprocess,teacher,baselines", "--env", "test")
     expected_process = start_expected_graph(root)  # overlaps with kedro viz's start-up
     try:
         with serve_viz(root, "--env", "test", log_path=root / "kedro-viz.log") as url:

@@ -1,19 +1,21 @@
 """Project hooks: runtime defaults, and the lineage record and MLflow attachments of every run.
 
 `LineageHook` feeds `diffdistill.lineage.LineageRecorder` with the catalog's versions of every dataset read and
-written per node, attaches opted-in small artifacts to the MLflow run, and tags the run with its lineage record.
+written per node, attaches opted-in small artifacts to the MLflow run, and tags the run with its lineage record
+and the full command line (`kedro_command`, which kedro-mlflow writes without `--env` and `--params`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from diffdistill.lineage import LineageRecorder
+from diffdistill.lineage import LineageRecorder, command_line
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,7 @@ class RuntimeHook:
         from diffdistill.pipelines.graph import set_run_environment
 
         set_run_environment(context.env)  # before the pipelines are built: they read the env's graph keys
+        _anchor_project_path(Path(context.project_path))  # before kedro-mlflow reads mlflow.yml
         for key, value in {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "true",
                            "MLFLOW_DISABLE_TELEMETRY": "true", "KEDRO_DISABLE_TELEMETRY": "1"}.items():
             os.environ.setdefault(key, value)
@@ -44,6 +47,28 @@ class RuntimeHook:
                 raise ValueError(f"parameter float32_matmul_precision={precision!r} must be null, 'highest', 'high' "
                                  "(TF32 tensor cores on CUDA) or 'medium'")
             torch.set_float32_matmul_precision(precision)
+
+
+PROJECT_PATH_RESOLVER = "project_path"
+
+
+def _anchor_project_path(project_path: Path) -> None:
+    """`${project_path:}` in configuration is this session's project root.
+
+    mlflow.yml's `sqlite:///${project_path:}/mlflow.db` then names one database whatever the working directory:
+    a plain `sqlite:///mlflow.db` is relative to the process's cwd, so a notebook kernel (cwd notebooks/)
+    created a second, stray mlflow.db there.
+    """
+    from omegaconf import OmegaConf
+
+    resolved = project_path.resolve().as_posix()
+    OmegaConf.register_new_resolver(PROJECT_PATH_RESOLVER, lambda: resolved, replace=True)
+
+
+def _configuration_env(context: Any) -> str | None:
+    """The environment a context's configuration comes from: its `env`, else the loader's default run env."""
+    loader = getattr(context, "config_loader", None)
+    return getattr(context, "env", None) or getattr(loader, "default_run_env", None) or None
 
 
 def _dataset_version(catalog: Any, name: str, *, load: bool) -> str | None:
@@ -67,6 +92,7 @@ class LineageHook:
         self._catalog: Any = None
         self._pipeline: Any = None
         self._mlflow_run_id: str | None = None
+        self._env: str | None = None
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
@@ -76,6 +102,7 @@ class LineageHook:
             params = {}
         self._recorder, self._catalog, self._pipeline, self._mlflow_run_id = (
             LineageRecorder(Path(context.project_path), params), None, None, None)
+        self._env = _configuration_env(context)
 
     @hook_impl
     def after_catalog_created(self, catalog: Any, save_version: str, load_versions: dict[str, str]) -> None:
@@ -92,7 +119,10 @@ class LineageHook:
         self._pipeline = pipeline
         self._mlflow_run_id = _active_mlflow_run_id()
         if self._active():
-            self._recorder.run_started(run_params, self._mlflow_run_id)
+            self._recorder.run_started(run_params, self._mlflow_run_id, env=self._env, argv=sys.argv)
+            # kedro-mlflow's before_pipeline_run (called before this one) has just set its own `kedro_command`;
+            # correct it now, so a run killed before its end carries the full command line too.
+            _tag_mlflow_run(self._mlflow_run_id, self._recorder.record)
 
     @hook_impl
     def after_dataset_loaded(self, dataset_name: str, node: Any) -> None:
@@ -175,21 +205,34 @@ def _active_mlflow_run_id() -> str | None:
     return run.info.run_id if run else None
 
 
-def _tag_mlflow_run(run_id: str | None, record: dict[str, Any], path: Path) -> None:
+def _run_tags(record: dict[str, Any]) -> dict[str, str]:
+    """The MLflow tags of a run's lineage record; `kedro_command` replaces kedro-mlflow's own, which drops
+    `--env`, `--params`, `--namespaces` and `--runner` (kedro_mlflow.framework.hooks.utils._generate_kedro_command)."""
+    return {
+        "kedro_command": str(record.get("kedro_command")),
+        "diffdistill.command_line": command_line(record.get("argv") or []),
+        "diffdistill.env": str(record.get("env")),
+        "diffdistill.git_sha": str(record.get("git_sha")),
+        "diffdistill.git_dirty": str(record.get("git_dirty")),
+        "diffdistill.save_version": str(record.get("save_version")),
+        "diffdistill.params_hash": str(record.get("params_hash")),
+    }
+
+
+def _tag_mlflow_run(run_id: str | None, record: dict[str, Any], path: Path | None = None) -> None:
+    """Tag the MLflow run with its lineage (and attach the record file at `path`, once the run is over)."""
     if run_id is None:
         return
     try:
         from mlflow.tracking import MlflowClient
+        from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
         client = MlflowClient()
-        tags = {
-            "diffdistill.git_sha": str(record.get("git_sha")),
-            "diffdistill.git_dirty": str(record.get("git_dirty")),
-            "diffdistill.save_version": str(record.get("save_version")),
-            "diffdistill.params_hash": str(record.get("params_hash")),
-        }
-        for key, value in tags.items():
+        for key, value in _run_tags(record).items():
+            if len(value) > MAX_TAG_VAL_LENGTH:  # the lineage record keeps the whole value
+                value = value[:MAX_TAG_VAL_LENGTH - 40] + " ... (cut; full value in the lineage record)"
             client.set_tag(run_id, key, value)
-        client.log_artifact(run_id, str(path), artifact_path="lineage")
+        if path is not None:
+            client.log_artifact(run_id, str(path), artifact_path="lineage")
     except Exception as exc:  # tracking must never lose the run's artifacts
         logger.warning("Could not attach lineage to MLflow run %s: %s", run_id, exc)

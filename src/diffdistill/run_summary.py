@@ -107,8 +107,8 @@ def summary_text(written: dict[str, Any], save_version: str, env: str | None, ro
         example = Path(_relative(str(next(iter(with_latest.values()))._filepath), root))
         lines += [f"  this run's versioned copies: <path>/{save_version}/, e.g. {example / save_version / example.name}",
                   ""]
-    else:
-        lines += written_lines(written, save_version, root) + [""]
+    else:  # a phase run: what it wrote, then where to look, without blank lines (a phase's log stays short)
+        return "\n".join(written_lines(written, save_version, root) + browse_lines(env, root)[1:]) + "\n"
     return "\n".join(lines + browse_lines(env, root)) + "\n"
 
 

@@ -19,11 +19,12 @@ import json
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from diffdistill.data.atomic import write_atomic, write_json_atomic
+
+if TYPE_CHECKING:  # torch is imported where tensors are handled: `fingerprint` alone (lineage records) stays light
+    import torch
 
 ROOT = Path("data") / "checkpoints"  # relative to the project (the Kedro run's working directory)
 
@@ -36,6 +37,8 @@ def fingerprint(value: Any) -> str:
 def tensor_fingerprint(tensors: Iterable[torch.Tensor | tuple[str, torch.Tensor]], *, dtypes: bool = False) -> str:
     """sha256 (16 hex) over tensors in the given order: for (name, tensor) pairs the name first, with
     `dtypes` the dtype's name, then the raw bytes (any dtype, bf16 included)."""
+    import torch
+
     digest = hashlib.sha256()
     for item in tensors:
         name, tensor = item if isinstance(item, tuple) else (None, item)
@@ -136,10 +139,14 @@ class WorkDir:
 
     # torch states (optimiser state dicts, generator states)
     def load_torch(self, name: str) -> dict[str, Any] | None:
+        import torch
+
         path = self.file(f"{name}.pt")
         return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
     def save_torch(self, name: str, state: Mapping[str, Any]) -> Path:
+        import torch
+
         return write_atomic(self.file(f"{name}.pt"), lambda tmp: torch.save(dict(state), tmp))
 
     def clear(self) -> None:

@@ -31,7 +31,7 @@ def test_truncated_train_set_fails_clearly_and_damages_nothing(tmp_path: Path) -
     damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
     before = _artifacts(root)
 
-    result = kedro(root, "run", "--pipelines", "baselines", "--env", "test", check=False)
+    result = kedro(root, "run", "--pipelines", "teacher,baselines", "--env", "test", check=False)
 
     output = result.stdout + result.stderr
     unwrapped = "".join(output.split())  # the console wraps long lines

@@ -62,6 +62,9 @@ def test_parts_that_do_not_tile_the_classes_are_refused():
 @pytest.fixture
 def shards(monkeypatch):
     """Build pipelines as if conf/base said `shards: K` (everything else from the real conf/base)."""
+    from diffdistill.pipelines import graph
+
+    monkeypatch.setattr(graph, "_run_env", {"env": "grid"})  # conf/base's graph, whatever an earlier test's session set
     real = sharding.graph_parameter
 
     def with_shards(count):

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from torchvision.utils import make_grid
 
 from diffdistill.data.bundle import TensorBundle, to_unit
 
@@ -27,6 +26,8 @@ def image_grid(images: torch.Tensor, labels: torch.Tensor | None = None, *, max_
     split at "\\n") and/or `class_names`, the grid gets a title above and each class row its name on the left;
     when `max_images` leaves classes out, the title says how many rows are shown.
     """
+    from torchvision.utils import make_grid  # importing torchvision loads all its models: only when drawing
+
     if images.ndim != 4:
         raise ValueError(f"image_grid expects N×C×H×W images, got shape {tuple(images.shape)}")
     images = images.detach().cpu()

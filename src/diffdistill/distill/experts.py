@@ -20,6 +20,7 @@ from diffdistill.augment import DEFAULT_STRATEGY
 from diffdistill.config import build, option, to_dict
 from diffdistill.data.bundle import to_unit
 from diffdistill.distill.objectives import Augment, NetFactory, RealImages, augment_per_sample, flatten_parameters
+from diffdistill.progress import Progress
 from diffdistill.rng import derive_seed
 
 
@@ -47,8 +48,10 @@ def train_expert(
     net_factory: NetFactory,
     augment: Augment | None,
     device: torch.device | str = "cpu",
+    progress: Progress | None = None,
 ) -> torch.Tensor:
-    """One trajectory (epochs + 1, P) on the whole split `images` (uint8 or [0, 1]), DSA per sample."""
+    """One trajectory (epochs + 1, P) on the whole split `images` (uint8 or [0, 1]), DSA per sample; `progress`
+    advances by one per epoch."""
     net = net_factory(generator).to(device).train()
     optimizer = torch.optim.SGD(
         net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -63,6 +66,8 @@ def train_expert(
             F.cross_entropy(net(x), labels[batch].to(device)).backward()
             optimizer.step()
         snapshots.append(flatten_parameters(net).cpu())
+        if progress is not None:
+            progress.advance()
     return torch.stack(snapshots)
 
 
@@ -99,29 +104,33 @@ def train_experts(
 
         augment = DSA(config.dsa_strategy)
     trajectories = []
-    for expert in range(config.num_experts):
-        trajectory = load_expert(expert) if load_expert is not None else None
-        if trajectory is not None:
-            if trajectory.shape[0] != config.epochs + 1:
-                raise ValueError(
-                    f"stored expert {expert} has {trajectory.shape[0]} snapshots, expected experts.epochs + 1 = "
-                    f"{config.epochs + 1}; delete it or match the config"
+    with Progress(f"experts ({config.net})", config.num_experts * config.epochs, unit="epochs") as bar:
+        for expert in range(config.num_experts):
+            bar.advance(0, expert=f"{expert + 1}/{config.num_experts}")
+            trajectory = load_expert(expert) if load_expert is not None else None
+            if trajectory is not None:
+                if trajectory.shape[0] != config.epochs + 1:
+                    raise ValueError(
+                        f"stored expert {expert} has {trajectory.shape[0]} snapshots, expected experts.epochs + 1 = "
+                        f"{config.epochs + 1}; delete it or match the config"
+                    )
+                bar.skip(config.epochs)
+            else:
+                generator = torch.Generator().manual_seed(derive_seed(seed, expert))
+                trajectory = train_expert(
+                    images,
+                    labels,
+                    real,
+                    config,
+                    generator=generator,
+                    net_factory=net_factory,
+                    augment=augment,
+                    device=device,
+                    progress=bar,
                 )
-        else:
-            generator = torch.Generator().manual_seed(derive_seed(seed, expert))
-            trajectory = train_expert(
-                images,
-                labels,
-                real,
-                config,
-                generator=generator,
-                net_factory=net_factory,
-                augment=augment,
-                device=device,
-            )
-            if save_expert is not None:
-                save_expert(expert, trajectory)
-        trajectories.append(trajectory)
+                if save_expert is not None:
+                    save_expert(expert, trajectory)
+            trajectories.append(trajectory)
     return trajectories
 
 

@@ -26,6 +26,7 @@ class FullDataConfig:
 
     seeds: list[int]
     protocol_overrides: dict[str, Any] = field(default_factory=dict)
+    archs: list[str] | None = None  # None: every `evaluate.archs`; a subset bounds a budget (conf/tour: ConvNet)
 
 
 @dataclass
@@ -64,6 +65,9 @@ class EvaluateConfig:
             raise ConfigError(f"{path}.archs is empty; list at least one architecture, e.g. [convnet]")
         if not self.seeds or not self.full_data.seeds:
             raise ConfigError(f"{path}.seeds and {path}.full_data.seeds need at least one seed")
+        stray_full = [a for a in self.full_data.archs or [] if a not in self.archs]
+        if stray_full:
+            raise ConfigError(f"{path}.full_data.archs has {stray_full}, which are not in {path}.archs {self.archs}")
         stray = [a for a in self.unseen_archs if a not in self.archs]
         if stray:
             raise ConfigError(f"{path}.unseen_archs has {stray}, which are not in {path}.archs {self.archs}")

@@ -21,6 +21,7 @@ from diffdistill.augment import DSA, cutmix, dsa_strategy_for, random_resized_cr
 from diffdistill.data.bundle import TensorBundle, to_unit
 from diffdistill.evaluation.protocols import ProtocolConfig, decay_step, get_protocol, lr_at
 from diffdistill.nets import build_net
+from diffdistill.progress import Progress
 from diffdistill.rng import split_seeds
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -288,48 +289,50 @@ def fit(
     history: dict[str, Any] = {"val_accuracy": [], "lr": []}
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=protocol.precision == "bf16")
     step, started = 0, time.perf_counter()
-    for epoch in range(epochs):
-        net.train()
-        order = torch.randperm(count, generator=data_generator).to(device, non_blocking=True)
-        for index in range(steps_per_epoch):
-            batch = order[index * batch_size : (index + 1) * batch_size]
-            x = augment(model.normalize(to_unit(x_all[batch])), data_generator)
-            y = y_all[batch]
-            if protocol.cutmix:
-                x = cutmix(x, data_generator)[0]
-            if step == reset_step:  # DC recreates SGD at the decay: the momentum buffers restart from zero
-                optimizer = _optimizer(net, protocol, base_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(protocol, step, total_steps, base_lr, steps_per_epoch=steps_per_epoch)
-            with autocast:
-                logits = net(x)
-                if protocol.loss == "soft_label":
-                    with torch.no_grad():
-                        teacher_logits = teacher(x * model.std + model.mean)  # teachers take [0, 1] images
-                    loss = soft_label_loss(logits.float(), teacher_logits.float(), protocol.temperature)
-                else:
-                    loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            totals[epoch, 0] += loss.detach() * batch.shape[0]
-            totals[epoch, 1] += (logits.detach().argmax(dim=1) == y).sum()
-            step += 1
-        if ema is not None:
-            ema.update(net)
-        history["lr"].append(optimizer.param_groups[0]["lr"])
-        validate = val is not None and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs)
-        if validate:
-            accuracy = evaluate_accuracy(
-                test_model, val["images"], val["labels"], device=device, batch_size=protocol.eval_batch_size
-            )[0]
-            history["val_accuracy"].append((epoch, accuracy))
-        if callback is not None:
-            loss_sum, correct = totals[epoch].tolist()
-            stats = {"epoch": epoch, "train_loss": loss_sum / count, "train_accuracy": correct / count}
+    with Progress(f"train {arch} seed {seed}", epochs, unit="epochs") as bar:
+        for epoch in range(epochs):
+            net.train()
+            order = torch.randperm(count, generator=data_generator).to(device, non_blocking=True)
+            for index in range(steps_per_epoch):
+                batch = order[index * batch_size : (index + 1) * batch_size]
+                x = augment(model.normalize(to_unit(x_all[batch])), data_generator)
+                y = y_all[batch]
+                if protocol.cutmix:
+                    x = cutmix(x, data_generator)[0]
+                if step == reset_step:  # DC recreates SGD at the decay: the momentum buffers restart from zero
+                    optimizer = _optimizer(net, protocol, base_lr)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(protocol, step, total_steps, base_lr, steps_per_epoch=steps_per_epoch)
+                with autocast:
+                    logits = net(x)
+                    if protocol.loss == "soft_label":
+                        with torch.no_grad():
+                            teacher_logits = teacher(x * model.std + model.mean)  # teachers take [0, 1] images
+                        loss = soft_label_loss(logits.float(), teacher_logits.float(), protocol.temperature)
+                    else:
+                        loss = F.cross_entropy(logits.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                totals[epoch, 0] += loss.detach() * batch.shape[0]
+                totals[epoch, 1] += (logits.detach().argmax(dim=1) == y).sum()
+                step += 1
+            if ema is not None:
+                ema.update(net)
+            history["lr"].append(optimizer.param_groups[0]["lr"])
+            validate = val is not None and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs)
             if validate:
-                stats["val_accuracy"] = history["val_accuracy"][-1][1]
-            callback(epoch, stats)
+                accuracy = evaluate_accuracy(
+                    test_model, val["images"], val["labels"], device=device, batch_size=protocol.eval_batch_size
+                )[0]
+                history["val_accuracy"].append((epoch, accuracy))
+            if callback is not None:
+                loss_sum, correct = totals[epoch].tolist()
+                stats = {"epoch": epoch, "train_loss": loss_sum / count, "train_accuracy": correct / count}
+                if validate:
+                    stats["val_accuracy"] = history["val_accuracy"][-1][1]
+                callback(epoch, stats)
+            bar.advance(**({"val_accuracy": history["val_accuracy"][-1][1]} if validate else {}))
     totals = (totals / count).cpu()  # waits for the device, so the timing below is honest
     seconds = time.perf_counter() - started
     history.update(

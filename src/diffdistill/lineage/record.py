@@ -1,14 +1,19 @@
 """The lineage record of one run, kept as the run goes and rewritten atomically after every save.
 
-It stores the git SHA (+ dirty flag), the save version (= run id), the resolved load version of every dataset
-read and the version of every dataset written, per node, the parameters hash and the MLflow run id, in
-`<project>/data/lineage/<save_version>.json`. Rewritten after every save (status "running"), so a run killed
-later still leaves every version it saved traceable; finished with status "completed" or "failed". No Kedro:
-the hook hands in names, versions and the pipeline's nodes.
+It stores the git SHA (+ dirty flag), the save version (= run id), the environment, the command line as typed
+(`argv`) and as the `kedro run` command that repeats the run (`kedro_command`: every option spelled out, `--env`
+and `--params` included), the resolved load version of every dataset read and the version of every dataset
+written, per node, the parameters hash and the MLflow run id, in `<project>/data/lineage/<save_version>.json`.
+Rewritten after every save (status "running"), so a run killed later still leaves every version it saved
+traceable; finished with status "completed" or "failed". No Kedro: the hook hands in names, versions and the
+pipeline's nodes.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
 import subprocess
 import threading
 from collections.abc import Callable, Iterable
@@ -40,6 +45,80 @@ def params_hash(params: dict[str, Any]) -> str:
     return fingerprint(params)
 
 
+# Kedro passes the runner as an instance; its run params keep only `str(instance)`.
+_RUNNER_REPR = re.compile(r"^<(?:[\w.]+\.)?(\w+) object at 0x[0-9a-f]+>$")
+_LIST_OPTIONS = (("pipeline_names", "--pipelines"), ("namespaces", "--namespaces"), ("tags", "--tags"),
+                 ("node_names", "--nodes"), ("from_nodes", "--from-nodes"), ("to_nodes", "--to-nodes"),
+                 ("from_inputs", "--from-inputs"), ("to_outputs", "--to-outputs"))
+
+
+def _dotted(params: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested `--params` (as `kedro run` parses them) back to `key.sub=value` pairs."""
+    pairs: list[tuple[str, Any]] = []
+    for key, value in params.items():
+        if isinstance(value, dict) and value:
+            pairs.extend(_dotted(value, f"{prefix}{key}."))
+        else:
+            pairs.append((f"{prefix}{key}", value))
+    return pairs
+
+
+def _param_value(value: Any) -> str:
+    # YAML spellings, which is how `kedro run --params` (OmegaConf) reads them back. A list or mapping (only a
+    # `--config` file can pass one) is printed as JSON; on the command line kedro would split it at its commas.
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def kedro_run_command(run_params: dict[str, Any], env: str | None) -> str:
+    """The `kedro run` command line that repeats a run, from Kedro's run params.
+
+    Every option the run used is spelled out, `--env` always (a run without `--env` used the default run
+    environment, which is named here), so the command means the same whatever the default is later.
+    """
+    args = ["kedro", "run"]
+    for key, option in _LIST_OPTIONS:
+        values = run_params.get(key) or []
+        if isinstance(values, str):
+            values = [values]
+        if values:
+            args.append(f"{option}={','.join(values)}")
+    if env:
+        args.append(f"--env={env}")
+    runtime_params = run_params.get("runtime_params") or {}
+    if runtime_params:
+        args.append("--params=" + ",".join(f"{k}={_param_value(v)}" for k, v in _dotted(runtime_params)))
+    load_versions = run_params.get("load_versions") or {}
+    if load_versions:
+        args.append("--load-versions=" + ",".join(f"{k}:{v}" for k, v in sorted(load_versions.items())))
+    runner = str(run_params.get("runner") or "")
+    match = _RUNNER_REPR.match(runner)
+    runner = match.group(1) if match else runner
+    if runner and runner not in ("None", "SequentialRunner"):
+        args.append(f"--runner={runner}")
+    if run_params.get("only_missing_outputs"):
+        args.append("--only-missing-outputs")
+    return shlex.join(args)
+
+
+def command_line(argv: list[str]) -> str:
+    """The process's command line as typed (`sys.argv`), the kedro entry point shown as `kedro`.
+
+    `python -m kedro` leaves `sys.argv[0] == "python -m kedro"` (kedro/__main__.py sets it).
+    """
+    if not argv:
+        return ""
+    program = argv[0]
+    if program == "python -m kedro" or Path(program).name == "kedro":
+        return shlex.join(["kedro", *argv[1:]])
+    return shlex.join(argv)
+
+
 class LineageRecorder:
     """Accumulates one run's record; thread-safe (ThreadRunner reports datasets from several threads)."""
 
@@ -53,11 +132,15 @@ class LineageRecorder:
                        "created_at": datetime.now(UTC).isoformat(), **git_state(self.project_path),
                        "params_hash": params_hash(self.params), "inputs": {}, "outputs": {}, "nodes": {}}
 
-    def run_started(self, run_params: dict[str, Any], mlflow_run_id: str | None) -> None:
+    def run_started(self, run_params: dict[str, Any], mlflow_run_id: str | None, *, env: str | None,
+                    argv: list[str]) -> None:
+        """`env`: the environment the run's configuration came from (the default run env when none was given)."""
+        pipeline_names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
         self.record.update(run_id=run_params.get("run_id") or run_params.get("session_id"),
-                           pipeline_names=run_params.get("pipeline_names") or [run_params.get("pipeline_name")],
-                           env=run_params.get("env"), runtime_params=run_params.get("runtime_params") or {},
-                           mlflow_run_id=mlflow_run_id)
+                           pipeline_names=list(pipeline_names), namespaces=list(run_params.get("namespaces") or []),
+                           env=env, runtime_params=run_params.get("runtime_params") or {},
+                           argv=list(argv),
+                           kedro_command=kedro_run_command(run_params, env), mlflow_run_id=mlflow_run_id)
 
     def _node(self, node: str) -> dict[str, Any]:
         return self.record["nodes"].setdefault(node, {"inputs": {}, "outputs": {}})

@@ -6,7 +6,6 @@ import functools
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 from diffdistill.nets.base import Classifier, make_norm
 
@@ -18,6 +17,8 @@ class ResNet18(Classifier):
     """
 
     def __init__(self, in_channels: int, num_classes: int, norm: str = "instance", width: int = 64) -> None:
+        from torchvision.models.resnet import BasicBlock  # torchvision loads all its models: only when built
+
         super().__init__()
         norm_layer = functools.partial(make_norm, norm)
         self.stem = nn.Sequential(

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffdistill.evaluation import channel_stats
+# The `prior_model` artifact, a `diffdistill.prior.LatentPrior`. Node signatures name it by this alias, so Kedro can
+# resolve their type hints while the prior (diffusers) is imported only by the nodes that run.
+PriorModel = Any
 
 
 def real_split_meta(train_set: Any) -> dict[str, Any]:
     """What every distilled set carries from the real split: classes, source, normalisation statistics."""
+    from diffdistill.evaluation import channel_stats
+
     mean, std = channel_stats(train_set["images"])
     return {"class_names": train_set.class_names, "num_classes": train_set.num_classes,
             "source": train_set.meta.get("source"), "mean": mean.tolist(), "std": std.tolist()}

@@ -20,6 +20,7 @@ GRAPH_KEYS = ("ipcs", "ld3m.runs", "evaluate.methods", "shards", "d3hr.factorise
               "evaluate.external")
 
 _run_env: dict[str, str | None] = {"env": None}
+_loaded: dict[tuple[str, str], Any] = {}  # (conf folder, env) -> parameters, read once per process
 
 
 def set_run_environment(env: str | None) -> None:
@@ -58,10 +59,12 @@ def graph_parameter(key: str) -> Any:
     project = find_kedro_project(Path.cwd()) or Path.cwd()
     conf = project / settings.CONF_SOURCE
     env = run_environment() or settings.CONFIG_LOADER_ARGS.get("default_run_env")
-    loader = OmegaConfigLoader(conf_source=str(conf), base_env="base",
-                               default_run_env=env if env and (conf / env).is_dir() else "base",
-                               merge_strategy={"parameters": "soft"})
-    value: Any = loader["parameters"]
+    env = env if env and (conf / env).is_dir() else "base"
+    cache_key = (str(conf.resolve()), env)
+    if cache_key not in _loaded:  # one config load per (project, environment): building every phase reads it ~50 times
+        _loaded[cache_key] = OmegaConfigLoader(conf_source=str(conf), base_env="base", default_run_env=env,
+                                               merge_strategy={"parameters": "soft"})["parameters"]
+    value: Any = _loaded[cache_key]
     for part in key.split("."):
         if not isinstance(value, dict) or part not in value:
             raise KeyError(f"the parameters of environment {env or 'base'!r} have no {key!r} (missing {part!r}); "

@@ -13,7 +13,7 @@ from typing import Any
 
 from kedro.pipeline import Node, Pipeline
 
-from diffdistill.pipelines.graph import graph_parameter, bind
+from diffdistill.pipelines.graph import bind, graph_parameter
 
 SHARDS_PARAMETER = "shards"
 

@@ -1,6 +1,6 @@
 """Train a small latent prior here (AutoencoderKL + class-conditional UNet2DModel), or fine-tune one.
 
-Recipe (from ../shared/notes/probe_digits.md, variant B, tuned): a 16 px image maps to a
+Recipe (docs/digits_prior.md: the probe's variant B, tuned): a 16 px image maps to a
 4×4×4 latent; the VAE trains on MSE + L1 + a weak KL with posterior samples; latents are then
 standardised from data (shift = mean, scale = 1/std of the training posterior means); the
 denoiser is an eps-predicting UNet (~0.7 M params) under DDPM's 1000 linear betas, with the class
@@ -10,7 +10,8 @@ condition fed as a learned label-table row (`class_embed_type="identity"`, last 
 
 Training is a resumable loop: with `checkpoint_dir`, each phase saves model, EMA, optimizer,
 step and generator state atomically every `checkpoint_every` steps and resumes to exactly the
-bytes of an uninterrupted run. Progress goes to `on_step(step, metrics)`.
+bytes of an uninterrupted run. Metrics go to `on_step(step, metrics)` every `log_every` steps; progress to
+`diffdistill.progress` (a bar on a terminal, sparse log lines elsewhere).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from diffdistill.prior.config import (
     DenoiserTrainConfig,
     PriorTrainConfig,
 )
+from diffdistill.progress import Progress
 from diffdistill.workdir import WorkDir, fingerprint
 
 OnStep = Callable[[int, dict[str, float]], None]
@@ -177,17 +179,19 @@ def run_phase(phase: Phase, *, checkpoint_dir: str | Path | None, checkpoint_eve
     step = phase.load(saved) if saved is not None else 0
     phase.module.train()
     started = time.monotonic()
-    while step < phase.total_steps:
-        metrics = phase.step_fn(step)
-        phase.update_ema(step)
-        step += 1
-        out_of_time = phase.max_seconds is not None and time.monotonic() - started > phase.max_seconds
-        if on_step is not None and (step % log_every == 0 or step == phase.total_steps or out_of_time):
-            on_step(step, {f"{phase.name}/{k}": v for k, v in metrics.items()})
-        if work is not None and (step % checkpoint_every == 0 or step == phase.total_steps or out_of_time):
-            work.save_torch(phase.name, phase.state(step))
-        if out_of_time:
-            break
+    with Progress(f"prior {phase.name}", phase.total_steps, done=step) as bar:
+        while step < phase.total_steps:
+            metrics = phase.step_fn(step)
+            phase.update_ema(step)
+            step += 1
+            bar.advance(loss=metrics["loss"])
+            out_of_time = phase.max_seconds is not None and time.monotonic() - started > phase.max_seconds
+            if on_step is not None and (step % log_every == 0 or step == phase.total_steps or out_of_time):
+                on_step(step, {f"{phase.name}/{k}": v for k, v in metrics.items()})
+            if work is not None and (step % checkpoint_every == 0 or step == phase.total_steps or out_of_time):
+                work.save_torch(phase.name, phase.state(step))
+            if out_of_time:
+                break
     phase.module.eval()
     return step
 
@@ -376,12 +380,14 @@ def class_fidelity(prior: LatentPrior, classify_fn: Callable[[torch.Tensor], tor
     labels = torch.arange(prior.num_classes).repeat_interleave(num_per_class)
     noise = torch.randn((labels.numel(), *prior.latent_shape), generator=generator, device=generator.device)
     predictions = []
-    for start in range(0, labels.numel(), batch_size):
-        y = labels[start:start + batch_size].to(device)
-        z = ddim_sample(prior, noise[start:start + batch_size].to(device), prior.condition(y),
-                        num_steps=num_steps, guidance=guidance)
-        out = classify_fn(from_signed(prior.decode(z)))
-        predictions.append((out.argmax(dim=1) if out.dim() == 2 else out).cpu())
+    with Progress("prior class fidelity", labels.numel(), unit="samples") as bar:
+        for start in range(0, labels.numel(), batch_size):
+            y = labels[start:start + batch_size].to(device)
+            z = ddim_sample(prior, noise[start:start + batch_size].to(device), prior.condition(y),
+                            num_steps=num_steps, guidance=guidance)
+            out = classify_fn(from_signed(prior.decode(z)))
+            predictions.append((out.argmax(dim=1) if out.dim() == 2 else out).cpu())
+            bar.advance(len(y))
     correct = (torch.cat(predictions) == labels).float()
     per_class = correct.view(prior.num_classes, num_per_class).mean(dim=1)
     return {"accuracy": float(correct.mean()), "per_class": per_class.tolist()}

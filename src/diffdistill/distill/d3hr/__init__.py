@@ -17,7 +17,7 @@ The method's stages, one module each, plain torch (no Kedro):
 `config` holds the typed settings of the phases (`LatentsConfig`, `GaussiansConfig`, `GroupSamplingConfig`,
 `GenerationConfig`), built from their YAML sections with `diffdistill.config.build`.
 
-Departures from the reference code (see ../shared/notes/peers.md §1, §8), all deliberate: skewness is per
+Departures from the reference code (see docs/reference_code.md, "D3HR"), all deliberate: skewness is per
 dimension across the group (the reference takes it per sample across the 4096 features); IPC = 1 scores the
 mean term only (the reference's std is NaN there); every class has its own seed (the reference reuses the
 same seeds for all classes); candidates stream through a buffer of `chunk_size` groups (the reference

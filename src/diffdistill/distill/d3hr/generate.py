@@ -13,6 +13,7 @@ from diffdistill.data.bundle import from_signed
 from diffdistill.diffusion import ddim_sample
 from diffdistill.distill.d3hr.config import GenerationConfig
 from diffdistill.prior import LatentPrior
+from diffdistill.progress import Progress
 
 
 @torch.no_grad()
@@ -22,14 +23,16 @@ def sample_images(prior: LatentPrior, noise: Tensor, labels: Tensor, config: Gen
     schedule (the inversion's), class by class in ascending class order, `config.batch_size` at a time."""
     prior = prior.to(device)
     images = []
-    for k in labels.unique(sorted=True).tolist():
-        rows = torch.nonzero(labels == k).flatten()
-        for start in range(0, len(rows), config.batch_size):
-            index = rows[start:start + config.batch_size]
-            z = noise[index].to(device)
-            c = prior.condition(labels[index].to(device))
-            z0 = ddim_sample(prior, z, c, num_steps=num_steps, start_step=start_step, guidance=config.guidance)
-            images.append(from_signed(prior.decode(z0)).cpu())
+    with Progress("d3hr generation", len(labels), unit="images") as bar:
+        for k in labels.unique(sorted=True).tolist():
+            rows = torch.nonzero(labels == k).flatten()
+            for start in range(0, len(rows), config.batch_size):
+                index = rows[start:start + config.batch_size]
+                z = noise[index].to(device)
+                c = prior.condition(labels[index].to(device))
+                z0 = ddim_sample(prior, z, c, num_steps=num_steps, start_step=start_step, guidance=config.guidance)
+                images.append(from_signed(prior.decode(z0)).cpu())
+                bar.advance(len(index))
     return torch.cat(images)
 
 

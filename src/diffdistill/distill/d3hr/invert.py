@@ -19,6 +19,7 @@ from diffdistill.data.bundle import to_signed, to_unit
 from diffdistill.diffusion import ddim_invert, ddim_sample
 from diffdistill.distill.d3hr.config import LatentsConfig
 from diffdistill.prior import LatentPrior, psnr_signed
+from diffdistill.progress import Progress
 from diffdistill.rng import derive_seed
 
 
@@ -52,17 +53,19 @@ def invert_classes(images: Tensor, labels: Tensor, num_classes: int, prior: Late
     sample = config.sample_posterior
     z0, zt = [], []
     start = time.perf_counter()
-    for k in range(first, stop):
-        rows_of_class = order[labels[order] == k]
-        generator = torch.Generator(device).manual_seed(derive_seed(config.seed, k))
-        for rows in _batches(len(rows_of_class), config.batch_size):
-            index = rows_of_class[rows]
-            x = to_signed(to_unit(images[index])).to(device)
-            z = prior.encode(x, sample=sample, generator=generator if sample else None)
-            c = prior.condition(labels[index].to(device))
-            z0.append(z.cpu())
-            zt.append(ddim_invert(prior, z, c, num_steps=config.num_steps, invert_steps=config.invert_steps,
-                                  guidance=config.invert_guidance).cpu())
+    with Progress("latents encode + invert", len(order), unit="images") as bar:
+        for k in range(first, stop):
+            rows_of_class = order[labels[order] == k]
+            generator = torch.Generator(device).manual_seed(derive_seed(config.seed, k))
+            for rows in _batches(len(rows_of_class), config.batch_size):
+                index = rows_of_class[rows]
+                x = to_signed(to_unit(images[index])).to(device)
+                z = prior.encode(x, sample=sample, generator=generator if sample else None)
+                c = prior.condition(labels[index].to(device))
+                z0.append(z.cpu())
+                zt.append(ddim_invert(prior, z, c, num_steps=config.num_steps, invert_steps=config.invert_steps,
+                                      guidance=config.invert_guidance).cpu())
+                bar.advance(len(index), **{"class": k})
     seconds = time.perf_counter() - start
     return Inversion(torch.cat(z0), torch.cat(zt), labels[order], order, seconds)
 

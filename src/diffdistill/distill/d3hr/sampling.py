@@ -26,6 +26,7 @@ from diffdistill.distill.d3hr.config import GroupSamplingConfig, checked
 from diffdistill.distill.d3hr.moments import ClassGaussians
 from diffdistill.distill.d3hr.scoring import _power_sums, _terms_from_sums, check_gaussian, group_terms
 from diffdistill.distill.d3hr.streams import class_seed, draw_candidate, seed_in_stream, stream_key
+from diffdistill.progress import Progress
 from diffdistill.workdir import WorkDir
 
 RECIPE_FORMAT = "diffdistill.d3hr.group/1"
@@ -279,15 +280,18 @@ def select_class_groups(gaussians: ClassGaussians, config: GroupSamplingConfig |
     config = checked(GroupSamplingConfig, config, CONFIG_PATH)
     first, stop = (0, gaussians.num_classes) if classes is None else classes
     chosen = []
-    for k in range(first, stop):
-        entry = resume.get_json(f"class{k}") if resume is not None else None
-        if entry is None:
-            selection = sample_group(*gaussians.class_params(k), config, ipc=ipc, factorised=factorised,
-                                     class_index=k, device=device)
-            entry = {"recipe": selection.recipe, "score": selection.score, "terms": selection.terms}
-            if resume is not None:
-                resume.put_json(f"class{k}", entry)
-        chosen.append(entry)
+    sampler = "factorised" if factorised else "paper"
+    with Progress(f"d3hr group sampling ({sampler}, ipc {ipc}, m {config.m})", stop - first, unit="classes") as bar:
+        for k in range(first, stop):
+            entry = resume.get_json(f"class{k}") if resume is not None else None
+            if entry is None:
+                selection = sample_group(*gaussians.class_params(k), config, ipc=ipc, factorised=factorised,
+                                         class_index=k, device=device)
+                entry = {"recipe": selection.recipe, "score": selection.score, "terms": selection.terms}
+                if resume is not None:
+                    resume.put_json(f"class{k}", entry)
+            chosen.append(entry)
+            bar.advance(score=float(entry["score"]))
     if resume is not None:
         resume.clear()
     return chosen

@@ -36,6 +36,7 @@ from diffdistill.distill.objectives import (
     RealImages,
     TrajectoryMatching,
 )
+from diffdistill.progress import Progress
 from diffdistill.rng import derive_seed
 from diffdistill.workdir import WorkDir
 
@@ -118,49 +119,51 @@ def distill_ld3m(
         return DivergenceError(f"LD3M diverged at iteration {iteration} ({config.objective}, space {config.space}): "
                                f"{what} with learning rate lr={lr:g}; lower `lr` and resume. {where}")
 
-    for iteration in range(state.step, config.iterations):
-        generator = torch.Generator().manual_seed(derive_seed(config.seed, iteration))
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        started = time.perf_counter()
-        losses, grad_norms, regen_errors = [], {name: [] for name in params}, []
-        rounds = objective.start_iteration(generator)
-        for round_index in range(rounds):
-            images = generate_images(synthesize, num_samples, chunk)
-            if round_index > 0:  # DC: the net trains on the set as it is after the last update
-                objective.prepare_round(images, state.labels, generator)
-            loss_fn = functools.partial(objective.loss, labels=state.labels, generator=generator)
-            loss, regen_error = spec.backward(synthesize, loss_fn, images)
-            if regen_error is not None:
-                regen_errors.append(regen_error)
-            if not torch.isfinite(loss):
-                raise diverged(iteration, f"loss is {float(loss)}")
-            losses.append(float(loss))
-            for name, tensor in params.items():
-                grad_norms[name].append(0.0 if tensor.grad is None else float(tensor.grad.norm()))
-            sgd_momentum_step(params, state.momentum, lrs, config.momentum)
-            bad = [name for name, tensor in params.items() if not torch.isfinite(tensor).all()]
-            if bad:
-                raise diverged(iteration, f"{bad} became non-finite after the update")
-        state.step = iteration + 1
-        peak, kind = _peak_memory(device)
-        metrics = {"iteration": iteration, "loss": sum(losses) / len(losses), "time_s": time.perf_counter() - started,
-                   "peak_memory_bytes": peak, "memory_kind": kind, "lr": lr, "rounds": rounds}
-        metrics.update({f"grad_norm_{name}": sum(v) / len(v) for name, v in grad_norms.items()})
-        if regen_errors:
-            metrics["regeneration_max_abs_diff"] = max(regen_errors)
-        metrics.update({name: float(t.detach()) for name, t in state.extras.items() if t.numel() == 1})
-        if iteration == 0:
-            metrics.update(diagnostic)
-        for metric, value in metrics.items():
-            if metric not in HISTORY_SKIP:
-                history.setdefault(metric, []).append(float(value))
-        if on_step is not None:
-            on_step(metrics)
-        if work is not None and (state.step % config.checkpoint_every == 0 or state.step == config.iterations):
-            work.put_json(HISTORY, history)  # first: a kill between the two leaves a longer history, cut on resume
-            states.save_checkpoint(work, state, config)
-            checkpoint_step = state.step
+    with Progress(_description(config, classes), config.iterations, done=state.step, unit="it") as bar:
+        for iteration in range(state.step, config.iterations):
+            generator = torch.Generator().manual_seed(derive_seed(config.seed, iteration))
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            started = time.perf_counter()
+            losses, grad_norms, regen_errors = [], {name: [] for name in params}, []
+            rounds = objective.start_iteration(generator)
+            for round_index in range(rounds):
+                images = generate_images(synthesize, num_samples, chunk)
+                if round_index > 0:  # DC: the net trains on the set as it is after the last update
+                    objective.prepare_round(images, state.labels, generator)
+                loss_fn = functools.partial(objective.loss, labels=state.labels, generator=generator)
+                loss, regen_error = spec.backward(synthesize, loss_fn, images)
+                if regen_error is not None:
+                    regen_errors.append(regen_error)
+                if not torch.isfinite(loss):
+                    raise diverged(iteration, f"loss is {float(loss)}")
+                losses.append(float(loss))
+                for name, tensor in params.items():
+                    grad_norms[name].append(0.0 if tensor.grad is None else float(tensor.grad.norm()))
+                sgd_momentum_step(params, state.momentum, lrs, config.momentum)
+                bad = [name for name, tensor in params.items() if not torch.isfinite(tensor).all()]
+                if bad:
+                    raise diverged(iteration, f"{bad} became non-finite after the update")
+            state.step = iteration + 1
+            peak, kind = _peak_memory(device)
+            metrics = {"iteration": iteration, "loss": sum(losses) / len(losses), "time_s": time.perf_counter() - started,
+                       "peak_memory_bytes": peak, "memory_kind": kind, "lr": lr, "rounds": rounds}
+            metrics.update({f"grad_norm_{name}": sum(v) / len(v) for name, v in grad_norms.items()})
+            if regen_errors:
+                metrics["regeneration_max_abs_diff"] = max(regen_errors)
+            metrics.update({name: float(t.detach()) for name, t in state.extras.items() if t.numel() == 1})
+            if iteration == 0:
+                metrics.update(diagnostic)
+            for metric, value in metrics.items():
+                if metric not in HISTORY_SKIP:
+                    history.setdefault(metric, []).append(float(value))
+            if on_step is not None:
+                on_step(metrics)
+            bar.advance(loss=metrics["loss"], s_per_it=metrics["time_s"])
+            if work is not None and (state.step % config.checkpoint_every == 0 or state.step == config.iterations):
+                work.put_json(HISTORY, history)  # first: a kill between the two leaves a longer history, cut on resume
+                states.save_checkpoint(work, state, config)
+                checkpoint_step = state.step
     return _result(state, synthesize, config, class_names, real, classes, history)
 
 
@@ -222,6 +225,11 @@ def _peak_memory(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process_max_rss"
+
+
+def _description(config: LD3MConfig, classes: tuple[int, int] | None) -> str:
+    shard = "" if classes is None else f" classes {classes[0]}-{classes[1] - 1}"
+    return f"ld3m {config.objective} {config.space} ipc{config.ipc}{shard}"
 
 
 def _check_classes(classes: tuple[int, int] | None, config: LD3MConfig, num_classes: int) -> None:

@@ -1,10 +1,13 @@
-"""`baselines` pipeline: one namespace per (baseline, IPC), e.g. `random_ipc1`, `herding_ipc10`."""
+"""`baselines` pipeline: one namespace per (baseline, IPC), e.g. `random_ipc1`, `herding_ipc10`.
+
+Herding works in the teacher's feature space: `teacher_model` is a free input, saved by the `teacher` pipeline
+(one teacher per project, not one per phase).
+"""
 
 from kedro.pipeline import Node, Pipeline
 
 from diffdistill.pipelines.baselines.nodes import make_herding_subset, make_random_subset
 from diffdistill.pipelines.graph import bind, graph_parameter, set_names
-from diffdistill.pipelines.teacher import create_pipeline as teacher_pipeline
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -22,5 +25,4 @@ def create_pipeline(**kwargs) -> Pipeline:
                   outputs=["distilled_set", "distilled_grid"], name="make_herding_subset")],
             namespace=herding_set, inputs={"train_set", "teacher_model"},
             parameters={"params:baselines", "params:device"}))
-    # Herding needs the teacher's feature space, so the teacher node belongs to this phase too.
-    return teacher_pipeline() + sum(pipelines, Pipeline([]))
+    return sum(pipelines, Pipeline([]))

@@ -1,24 +1,23 @@
-"""Nodes of the `d3hr` pipeline: adapters around `diffdistill.distill.d3hr.sampling` and `.generate`."""
+"""Nodes of the `d3hr` pipeline: adapters around `diffdistill.distill.d3hr.sampling` and `.generate` (imported inside
+the nodes: building the graph stays light)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from diffdistill.config import build, to_dict
 from diffdistill.data.bundle import TensorBundle
-from diffdistill.data.grid import set_grid
-from diffdistill.distill import d3hr
-from diffdistill.distill.d3hr.config import GenerationConfig, GroupSamplingConfig, section
-from diffdistill.evaluation.saved import check_classifier_fits, classifier_from_bundle
-from diffdistill.pipelines.artifacts import real_split_meta, require_same_prior
+from diffdistill.pipelines.artifacts import PriorModel, real_split_meta, require_same_prior
 from diffdistill.pipelines.metrics import as_mlflow_metrics
 from diffdistill.pipelines.sharding import check_parts_cover, class_range, require_same
-from diffdistill.prior import LatentPrior
 from diffdistill.workdir import WorkDir, bundle_fingerprint, module_fingerprint
+
+if TYPE_CHECKING:
+    from diffdistill.distill.d3hr.config import GenerationConfig
 
 logger = logging.getLogger(__name__)
 LINEAGE = ("prior_fingerprint", "num_steps", "invert_steps", "invert_guidance", "start_step", "class_names")
@@ -35,6 +34,9 @@ def _select(class_gaussians: TensorBundle, params: dict[str, Any], ipc: int, fac
             shard: tuple[int, int] | None) -> tuple[TensorBundle, float]:
     """The selection of the classes of `shard` (None = all) and the seconds it took. The search resumes from a
     WorkDir of its inputs; each class shard keeps its own (one shard's clear() must not drop another's)."""
+    from diffdistill.distill import d3hr
+    from diffdistill.distill.d3hr.config import GroupSamplingConfig, section
+
     config = build(GroupSamplingConfig, section(params, "d3hr", "group_sampling"), "d3hr.group_sampling")
     gaussians = d3hr.ClassGaussians.from_bundle(class_gaussians)
     classes = class_range(gaussians.num_classes, shard)
@@ -64,17 +66,21 @@ def _metrics(scores: list[float], seconds: float, ipc: int, factorised: bool) ->
 
 
 def _generation(params: dict[str, Any]) -> GenerationConfig:
+    from diffdistill.distill.d3hr.config import GenerationConfig, section
+
     return build(GenerationConfig, section(params, "d3hr", "generation"), "d3hr.generation")
 
 
-def _images(prior: LatentPrior, selection: TensorBundle, config: GenerationConfig, device: str) -> torch.Tensor:
+def _images(prior: PriorModel, selection: TensorBundle, config: GenerationConfig, device: str) -> torch.Tensor:
+    from diffdistill.distill import d3hr
+
     require_same_prior(selection, module_fingerprint(prior.to(device)), "d3hr selection (class_gaussians)")
     meta = selection.meta
     return d3hr.sample_images(prior, selection["noise"], selection["labels"], config, num_steps=meta["num_steps"],
                               start_step=meta["start_step"], device=device)
 
 
-def generate_images(selection: TensorBundle, prior: LatentPrior, train_set: TensorBundle,
+def generate_images(selection: TensorBundle, prior: PriorModel, train_set: TensorBundle,
                     teacher_model: TensorBundle, params: dict[str, Any], device: str,
                     *, ipc: int, name: str) -> tuple[TensorBundle, torch.Tensor]:
     """DDIM-sample the selected noises back from the inversion step, decode, clamp: the distilled set."""
@@ -87,6 +93,10 @@ def _distilled(images: torch.Tensor, selection: TensorBundle, train_set: TensorB
                config: GenerationConfig, device: str, *, ipc: int, name: str) -> tuple[TensorBundle, torch.Tensor]:
     """Images of every class + the selection's recipes -> the distilled set (teacher soft labels if asked) and its
     grid, titled `name`."""
+    from diffdistill.data.grid import set_grid
+    from diffdistill.distill import d3hr
+    from diffdistill.evaluation.saved import check_classifier_fits, classifier_from_bundle
+
     meta, labels = selection.meta, selection["labels"]
     tensors = {"images": images, "labels": labels.cpu()}
     if config.soft_labels:
@@ -100,7 +110,7 @@ def _distilled(images: torch.Tensor, selection: TensorBundle, train_set: TensorB
     return distilled, set_grid(distilled, name)
 
 
-def d3hr_classes(class_gaussians: TensorBundle, prior: LatentPrior, params: dict[str, Any], device: str, *,
+def d3hr_classes(class_gaussians: TensorBundle, prior: PriorModel, params: dict[str, Any], device: str, *,
                  ipc: int, factorised: bool, shard: tuple[int, int]) -> TensorBundle:
     """One class shard of a D3HR set: group selection and generated images of its classes."""
     config = _generation(params)

@@ -7,7 +7,7 @@ its classes) and `<set>.merge_shards` writes the set's usual artifacts.
 from kedro.pipeline import Node, Pipeline
 
 from diffdistill.pipelines.d3hr.nodes import d3hr_classes, generate_images, merge_d3hr_parts, select_groups
-from diffdistill.pipelines.graph import graph_parameter, bind
+from diffdistill.pipelines.graph import bind, graph_parameter
 from diffdistill.pipelines.sharding import shard_copies, shard_count
 
 SHARED = {"class_gaussians", "train_set", "prior_model", "teacher_model"}

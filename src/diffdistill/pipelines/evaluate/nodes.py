@@ -1,18 +1,22 @@
-"""Nodes of the `evaluate` pipeline."""
+"""Nodes of the `evaluate` pipeline (the training loop is imported inside the nodes: building the graph stays
+light)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffdistill.config import ConfigError, build
 from diffdistill.data.bundle import TensorBundle
-from diffdistill.evaluation import ProtocolConfig, channel_stats, get_protocol, train_and_evaluate
-from diffdistill.evaluation.config import EvaluateConfig
-from diffdistill.evaluation.saved import check_classifier_fits, classifier_from_bundle
 from diffdistill.pipelines.metrics import as_mlflow_metrics
+from diffdistill.progress import Progress
 from diffdistill.workdir import WorkDir, split_fingerprint
+
+if TYPE_CHECKING:
+    from diffdistill.evaluation import ProtocolConfig
+    from diffdistill.evaluation.config import EvaluateConfig
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +35,14 @@ def summarise_rows(rows: list[dict[str, Any]], archs: list[str], unseen: list[st
     return summary
 
 
+def summary_line(summary: dict[str, Any]) -> str:
+    """One log line of a set's test accuracy: `convnet 75.8 ± 0.7, alexnet 48.4 ± 2.4; unseen mean 43.4 (%)`."""
+    archs = ", ".join(f"{arch} {stats['mean']:.1f} ± {stats['std']:.1f}" for arch, stats in summary.items()
+                      if arch != "unseen_mean")
+    unseen = f"; unseen mean {summary['unseen_mean']['mean']:.1f}" if "unseen_mean" in summary else ""
+    return f"test accuracy {archs}{unseen} (%)"
+
+
 def method_of(set_name: str) -> str:
     """The method of a set namespace, the key of `evaluate.paper_protocols`: `ld3m_dm_latent_ipc10` -> `ld3m_dm_latent`."""
     return set_name.rsplit("_ipc", 1)[0]
@@ -40,6 +52,8 @@ def _protocols(config: EvaluateConfig, train_set: TensorBundle, method: str, ove
                path: str) -> list[ProtocolConfig]:
     """The common protocol (`evaluate.protocol` + `protocol_overrides` + `overrides`), then the method's paper
     protocols (each + its `paper_protocol_overrides` + `overrides`)."""
+    from diffdistill.evaluation import channel_stats, get_protocol
+
     if config.paper_protocols and method not in config.paper_protocols:
         logger.warning("evaluate.paper_protocols has no entry for %r: its sets are scored under the common protocol "
                        "%r only; add `%s: <protocol>` (or `%s: []`)", method, config.protocol, method, method)
@@ -67,6 +81,8 @@ def _results(set_name: str, meta: dict[str, Any], train: TensorBundle, test: Ten
                           "on soft labels; list hard-label protocols in evaluate.paper_protocols.full (and a "
                           "hard-label evaluate.protocol)")
     if soft:
+        from diffdistill.evaluation.saved import check_classifier_fits, classifier_from_bundle
+
         check_classifier_fits(teacher_model, train_set, "teacher_model", "train_set")
         teacher = classifier_from_bundle(teacher_model, device)
     entries, metrics = {}, {}
@@ -75,6 +91,7 @@ def _results(set_name: str, meta: dict[str, Any], train: TensorBundle, test: Ten
                            teacher=teacher if protocol.loss == "soft_label" else None,
                            allow_unbalanced=allow_unbalanced)
         summary = summarise_rows(rows, config.archs, config.unseen_archs)
+        logger.info("%s (%s): %s", set_name, protocol.name, summary_line(summary))
         entries[protocol.name] = {"protocol": protocol.to_dict(), "rows": rows, "summary": summary}
         prefix = "" if protocol is protocols[0] else f"{protocol.name}."
         metrics.update(_summary_metrics(summary, prefix))
@@ -87,9 +104,10 @@ def evaluate_set(distilled_set: TensorBundle | None, train_set: TensorBundle, te
                  *, set_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train every architecture × seed from scratch on the set, under the common protocol and under its paper's;
     final-epoch test accuracy of each."""
-    if distilled_set is None:
-        logger.warning("Distilled set %r has no saved version yet: run the pipeline that produces it. Skipped.",
-                       set_name)
+    from diffdistill.evaluation.config import EvaluateConfig
+
+    if distilled_set is None:  # expected until its phase has run: the report names it (README "Phases")
+        logger.info("%s: no saved version yet, skipped (run the pipeline that produces it)", set_name)
         return {"set": set_name, "status": "missing", "rows": [], "summary": {}, "paper_protocols": {}}, {}
     config = build(EvaluateConfig, params, "evaluate")
     protocols = _protocols(config, train_set, method_of(set_name), {}, "evaluate.protocol_overrides")
@@ -102,7 +120,12 @@ def evaluate_full_data(train_set: TensorBundle, test_set: TensorBundle, params: 
     """The upper bound: the same architectures trained on the whole real train split, under the common protocol
     and the protocols `evaluate.paper_protocols.full` lists (hard labels: a soft-label protocol's teacher was
     trained on this very split)."""
+    from diffdistill.evaluation.config import EvaluateConfig
+
     config = build(EvaluateConfig, params, "evaluate")
+    if config.full_data.archs is not None:  # the bound on a subset of the architectures
+        archs = list(config.full_data.archs)
+        config = dataclasses.replace(config, archs=archs, unseen_archs=[a for a in config.unseen_archs if a in archs])
     protocols = _protocols(config, train_set, "full", config.full_data.protocol_overrides,
                            "evaluate.full_data.protocol_overrides")
     meta = {"method": "full", "ipc": None, "num_images": len(train_set), "class_names": train_set.class_names}
@@ -113,22 +136,28 @@ def evaluate_full_data(train_set: TensorBundle, test_set: TensorBundle, params: 
 def _train_rows(set_name: str, train: TensorBundle, test: TensorBundle, archs: list[str], seeds: list[int],
                 protocol: ProtocolConfig, device: str, *, teacher, allow_unbalanced: bool) -> list[dict[str, Any]]:
     """One from-scratch training per (arch, seed); finished rows survive a killed run and are reused."""
+    from diffdistill.evaluation import train_and_evaluate
+
     done = WorkDir.keyed("evaluate", set_name, protocol.to_dict(), split_fingerprint(train),
                           split_fingerprint(test), device)
     rows = []
-    for arch in archs:
-        for seed in seeds:
-            key = f"{arch}-seed{int(seed)}"
-            row = done.get_json(key)
-            if row is None:
-                result = train_and_evaluate(train, test, arch=arch, protocol=protocol, seed=int(seed), device=device,
-                                            teacher=teacher, allow_unbalanced=allow_unbalanced)
-                row = {"set": set_name, "arch": arch, "seed": int(seed), "test_accuracy": result["test_accuracy"],
-                       "epochs": result["epochs"], "protocol": result["protocol"], "net": result["net"],
-                       "lr": result["lr_base"], "lr_source": result["lr_source"], "batch_size": result["batch_size"]}
-                done.put_json(key, row)
-            rows.append(row)
-            logger.info("%s (%s) %s seed %s: %.2f%%", set_name, protocol.name, arch, seed, 100 * row["test_accuracy"])
+    with Progress(f"evaluate {set_name} ({protocol.name})", len(archs) * len(seeds), unit="runs") as bar:
+        for arch in archs:
+            for seed in seeds:
+                key = f"{arch}-seed{int(seed)}"
+                row = done.get_json(key)
+                if row is None:
+                    result = train_and_evaluate(train, test, arch=arch, protocol=protocol, seed=int(seed),
+                                                device=device, teacher=teacher, allow_unbalanced=allow_unbalanced)
+                    row = {"set": set_name, "arch": arch, "seed": int(seed), "test_accuracy": result["test_accuracy"],
+                           "epochs": result["epochs"], "protocol": result["protocol"], "net": result["net"],
+                           "lr": result["lr_base"], "lr_source": result["lr_source"],
+                           "batch_size": result["batch_size"]}
+                    done.put_json(key, row)
+                    bar.advance(last=f"{arch} seed {int(seed)} {100 * row['test_accuracy']:.1f}%")
+                else:
+                    bar.skip(1)
+                rows.append(row)
     done.clear()
     return rows
 

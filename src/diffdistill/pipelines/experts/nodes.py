@@ -53,7 +53,6 @@ def train_expert_trajectories(train_set: TensorBundle, params: dict[str, Any],
 
     def save_expert(expert: int, trajectory: torch.Tensor) -> None:
         work.put_tensor(f"expert_{expert:05d}", trajectory)
-        logger.info("expert %d/%d done", expert + 1, config.num_experts)
 
     start = time.perf_counter()
     trajectories = train_experts(images, labels, config, seed=run.seed, net_factory=factory, device=device,

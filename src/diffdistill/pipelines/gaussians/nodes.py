@@ -1,4 +1,5 @@
-"""Nodes of the `gaussians` pipeline: adapters around `diffdistill.distill.d3hr.moments`."""
+"""Nodes of the `gaussians` pipeline: adapters around `diffdistill.distill.d3hr.moments` (imported inside the
+nodes: building the graph stays light)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import torch
 
 from diffdistill.config import build
 from diffdistill.data.bundle import TensorBundle
-from diffdistill.distill.d3hr import GaussiansConfig, NoiseSpaceFit, fit_noise_space
 from diffdistill.pipelines.metrics import as_mlflow_metrics
 from diffdistill.pipelines.sharding import check_parts_cover, class_range, require_same
 
@@ -30,6 +30,8 @@ def fit_noise_gaussians(noise: TensorBundle, latents: TensorBundle,
 def fit_gaussians_classes(noise: TensorBundle, latents: TensorBundle, params: dict[str, Any], *,
                           shard: tuple[int, int] | None = None) -> TensorBundle:
     """Gaussians of the noise and moments of latents and noise for the classes of `shard` (None = all)."""
+    from diffdistill.distill.d3hr import GaussiansConfig, fit_noise_space
+
     config = build(GaussiansConfig, params, "gaussians")
     if noise.meta.get("prior_fingerprint") != latents.meta.get("prior_fingerprint") or not torch.equal(
             noise["labels"], latents["labels"]):
@@ -45,6 +47,8 @@ def fit_gaussians_classes(noise: TensorBundle, latents: TensorBundle, params: di
 def merge_gaussian_parts(noise: TensorBundle, params: dict[str, Any],
                          *parts: TensorBundle) -> tuple[TensorBundle, dict[str, Any], dict[str, Any]]:
     """Class-ordered parts -> `class_gaussians`, the normality report and its metrics."""
+    from diffdistill.distill.d3hr import GaussiansConfig, NoiseSpaceFit
+
     build(GaussiansConfig, params, "gaussians")  # the parts' settings: refuse what the shards would refuse
     parts = list(parts)
     check_parts_cover(parts, int(noise.meta["num_classes"]), "gaussians")

@@ -1,4 +1,5 @@
-"""Nodes of the `latents` pipeline: adapters around `diffdistill.distill.d3hr.invert`."""
+"""Nodes of the `latents` pipeline: adapters around `diffdistill.distill.d3hr.invert` (imported inside the nodes:
+building the graph stays light)."""
 
 from __future__ import annotations
 
@@ -9,26 +10,27 @@ import torch
 
 from diffdistill.config import build
 from diffdistill.data.bundle import TensorBundle
-from diffdistill.distill.d3hr import LatentsConfig, invert_classes, round_trip_report
+from diffdistill.pipelines.artifacts import PriorModel
 from diffdistill.pipelines.metrics import as_mlflow_metrics
 from diffdistill.pipelines.sharding import check_parts_cover, class_range, require_same
-from diffdistill.prior import LatentPrior
 from diffdistill.workdir import module_fingerprint
 
 logger = logging.getLogger(__name__)
 SETTINGS = ("prior_fingerprint", "sample_posterior", "num_steps", "invert_steps", "invert_guidance")
 
 
-def encode_and_invert(train_set: TensorBundle, prior: LatentPrior, params: dict[str, Any],
+def encode_and_invert(train_set: TensorBundle, prior: PriorModel, params: dict[str, Any],
                       device: str) -> tuple[TensorBundle, TensorBundle, dict[str, Any], dict[str, Any]]:
     """VAE latents z0 of every train image (class-sorted), and their DDIM inversion to step k of N."""
     part = encode_and_invert_classes(train_set, prior, params, device)
     return merge_latent_parts(train_set, prior, params, device, part)
 
 
-def encode_and_invert_classes(train_set: TensorBundle, prior: LatentPrior, params: dict[str, Any], device: str,
+def encode_and_invert_classes(train_set: TensorBundle, prior: PriorModel, params: dict[str, Any], device: str,
                               *, shard: tuple[int, int] | None = None) -> TensorBundle:
     """z0 and zT of the classes of `shard` (index, count; None = all): the same draws as the full run's."""
+    from diffdistill.distill.d3hr import LatentsConfig, invert_classes
+
     config = build(LatentsConfig, params, "latents")
     classes = class_range(train_set.num_classes, shard)
     done = invert_classes(train_set["images"], train_set["labels"], train_set.num_classes, prior, config,
@@ -41,9 +43,11 @@ def encode_and_invert_classes(train_set: TensorBundle, prior: LatentPrior, param
                          "indices": done.indices}, meta)
 
 
-def merge_latent_parts(train_set: TensorBundle, prior: LatentPrior, params: dict[str, Any], device: str,
+def merge_latent_parts(train_set: TensorBundle, prior: PriorModel, params: dict[str, Any], device: str,
                        *parts: TensorBundle) -> tuple[TensorBundle, TensorBundle, dict[str, Any], dict[str, Any]]:
     """Class-ordered parts -> the `latents` / `noise` artifacts, the round-trip report and its metrics."""
+    from diffdistill.distill.d3hr import LatentsConfig, round_trip_report
+
     config = build(LatentsConfig, params, "latents")
     parts = list(parts)
     check_parts_cover(parts, train_set.num_classes, "latents")

@@ -88,8 +88,8 @@ def _distill(train_set: TensorBundle, params: dict[str, Any], device: str, prior
     saved = load_checkpoint(work)
     if saved is not None:
         logger.info("%s: resuming from %s after %d iterations", name, work.path, saved[0].step)
-    result = distill_ld3m(train_set, prior, config, experts=experts, checkpoint_dir=work, on_step=_progress(name, config),
-                          net_factory=factory, class_names=train_set.class_names, classes=classes)
+    result = distill_ld3m(train_set, prior, config, experts=experts, checkpoint_dir=work, net_factory=factory,
+                          class_names=train_set.class_names, classes=classes)
     extra = {**real_split_meta(train_set), "set": name, "dsa_strategy": config.dsa_strategy,
              "net_overrides": overrides, **lineage}
     if config.spec.uses_prior:  # iteration 0's latent-sensitivity diagnostic (kept in the history across a resume)
@@ -98,16 +98,6 @@ def _distill(train_set: TensorBundle, params: dict[str, Any], device: str, prior
     state = TensorBundle(result.state.tensors, {**result.state.meta, **extra, "kind": "ld3m_state"})
     work.clear()  # finished: the artifacts hold everything
     return distilled, state, result.history, config
-
-
-def _progress(name: str, config: LD3MConfig):
-    def on_step(metrics: dict[str, Any]) -> None:
-        step = metrics["iteration"] + 1
-        if step % max(1, config.iterations // 10) == 0:
-            logger.info("%s iteration %d/%d: loss %.4g (%.2f s/it)", name, step, config.iterations,
-                        metrics["loss"], metrics["time_s"])
-
-    return on_step
 
 
 def _outputs(distilled: TensorBundle, state: TensorBundle, history: History, config: LD3MConfig):

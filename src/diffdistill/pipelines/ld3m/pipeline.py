@@ -6,7 +6,7 @@ Which (objective, space) pairs exist is `ld3m.runs` in conf/base (read when the 
 from kedro.pipeline import Node, Pipeline
 
 from diffdistill.distill.ld3m import SPACE_SPECS
-from diffdistill.pipelines.graph import graph_parameter, bind, set_names
+from diffdistill.pipelines.graph import bind, graph_parameter, set_names
 from diffdistill.pipelines.ld3m.nodes import distill_ld3m_classes, distill_ld3m_set, merge_ld3m_parts
 from diffdistill.pipelines.ld3m.params import check_run, method_name, set_name
 from diffdistill.pipelines.sharding import shard_copies, shard_count

@@ -1,33 +1,30 @@
-"""Nodes of the `prior` pipeline."""
+"""Nodes of the `prior` pipeline (the prior, i.e. diffusers, is imported inside the nodes: building the graph stays
+light)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from diffdistill.config import build
 from diffdistill.data.bundle import TensorBundle, to_signed, to_unit
-from diffdistill.evaluation.saved import check_classifier_fits, classifier_from_bundle
+from diffdistill.pipelines.artifacts import PriorModel
 from diffdistill.pipelines.metrics import as_mlflow_history, as_mlflow_metrics
-from diffdistill.prior import (
-    LatentPrior,
-    class_fidelity,
-    imagenet_class_ids,
-    load_components,
-    load_dit_folder,
-    reconstruction_psnr,
-    train_prior,
-)
-from diffdistill.prior.config import PriorConfig, QualityConfig
 from diffdistill.workdir import WorkDir, module_fingerprint, split_fingerprint
+
+if TYPE_CHECKING:
+    from diffdistill.prior import LatentPrior
+    from diffdistill.prior.config import PriorConfig
 
 logger = logging.getLogger(__name__)
 
 
 def _load_pretrained(config: PriorConfig, train_set: TensorBundle, device: str) -> LatentPrior:
+    from diffdistill.prior import imagenet_class_ids, load_components, load_dit_folder
+
     ids = config.class_ids or (imagenet_class_ids(config.imagenet_subset) if config.imagenet_subset else None)
     # A pretrained prior serves the data at the data's resolution (resized to and from its native size).
     images = train_set["images"]
@@ -43,8 +40,11 @@ def _load_pretrained(config: PriorConfig, train_set: TensorBundle, device: str) 
     return prior
 
 
-def build_prior(train_set: TensorBundle, params: dict[str, Any], device: str) -> tuple[LatentPrior, dict[str, Any]]:
+def build_prior(train_set: TensorBundle, params: dict[str, Any], device: str) -> tuple[PriorModel, dict[str, Any]]:
     """Train the prior here (`train`), continue a local one (`fine_tune`), or load a local folder as is."""
+    from diffdistill.prior import train_prior
+    from diffdistill.prior.config import PriorConfig
+
     config = build(PriorConfig, params, "prior")
     if config.source in ("dit_folder", "components"):
         return _load_pretrained(config, train_set, device), {}
@@ -53,10 +53,9 @@ def build_prior(train_set: TensorBundle, params: dict[str, Any], device: str) ->
     work = WorkDir.keyed("prior", train.to_dict(), split_fingerprint(train_set))
     history: dict[str, list[float]] = {}
 
-    def on_step(step: int, metrics: dict[str, float]) -> None:
+    def on_step(step: int, metrics: dict[str, float]) -> None:  # the MLflow history; progress is the core's
         for key, value in metrics.items():
             history.setdefault(key.replace("/", "_"), []).append(value)
-        logger.info("prior step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
     start = time.perf_counter()
     prior = train_prior(images, train_set["labels"], train, num_classes=train_set.num_classes,
@@ -69,9 +68,13 @@ def build_prior(train_set: TensorBundle, params: dict[str, Any], device: str) ->
 
 
 @torch.no_grad()
-def score_prior(prior: LatentPrior, test_set: TensorBundle, teacher_model: TensorBundle, params: dict[str, Any],
+def score_prior(prior: PriorModel, test_set: TensorBundle, teacher_model: TensorBundle, params: dict[str, Any],
                 device: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """VAE reconstruction PSNR on the test split, and class fidelity: the teacher's accuracy on samples."""
+    from diffdistill.evaluation.saved import check_classifier_fits, classifier_from_bundle
+    from diffdistill.prior import class_fidelity, reconstruction_psnr
+    from diffdistill.prior.config import QualityConfig
+
     quality = build(QualityConfig, params.get("quality") if isinstance(params, dict) else None, "prior.quality")
     check_classifier_fits(teacher_model, test_set, "teacher_model (the class-fidelity judge)", "test_set")
     prior = prior.to(device)

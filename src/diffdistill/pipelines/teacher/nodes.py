@@ -1,4 +1,5 @@
-"""Nodes of the `teacher` pipeline."""
+"""Nodes of the `teacher` pipeline (the training loop is imported inside the node: building the graph stays
+light)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,16 @@ from typing import Any
 
 from diffdistill.config import build
 from diffdistill.data.bundle import TensorBundle
-from diffdistill.evaluation import evaluate_accuracy, get_protocol, train_classifier
-from diffdistill.evaluation.config import TeacherConfig
-from diffdistill.evaluation.saved import classifier_to_bundle
 from diffdistill.pipelines.metrics import as_mlflow_history, as_mlflow_metrics
 
 
 def train_teacher(train_set: TensorBundle, test_set: TensorBundle, params: dict[str, Any],
                   device: str) -> tuple[TensorBundle, dict[str, Any]]:
     """Train `params.arch` on the real train split; score it once on the test split after the last epoch."""
+    from diffdistill.evaluation import evaluate_accuracy, get_protocol, train_classifier
+    from diffdistill.evaluation.config import TeacherConfig
+    from diffdistill.evaluation.saved import classifier_to_bundle
+
     config = build(TeacherConfig, params, "teacher")
     protocol = get_protocol(config.protocol, path="teacher.protocol_overrides", **config.protocol_overrides)
     model = train_classifier(train_set, arch=config.arch, protocol=protocol, seed=config.seed,
