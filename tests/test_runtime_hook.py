@@ -20,7 +20,9 @@ def restore_torch_settings():
 
 
 def _run(params: dict) -> None:
-    RuntimeHook().after_context_created(SimpleNamespace(params=params, env=None, project_path=Path.cwd()))
+    """The hook reads the config loader's parameters (context.params would build every pipeline)."""
+    context = SimpleNamespace(config_loader={"parameters": params}, env=None, project_path=Path.cwd())
+    RuntimeHook().after_context_created(context)
 
 
 def test_parameters_set_threads_and_matmul_precision(restore_torch_settings) -> None:

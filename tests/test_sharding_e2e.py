@@ -1,7 +1,7 @@
 """End to end: the per-class phases split into 2 class shards under ParallelRunner write the unsharded run's bytes.
 
 One upstream run (preprocess, prior) is copied into two scratch projects: `shards: 1` under the SequentialRunner and
-`shards: 2` under the ParallelRunner. Both conf/base copies keep only IPC 2 and the LD3M DM latent run (the cheapest
+`shards: 2` under the ParallelRunner. Both copies keep only IPC 2 and the LD3M DM latent run (the cheapest
 graph that still has a D3HR set of each sampler and an LD3M DM set), with LD3M chunks of 3 images (IPC 2: the full
 run's chunks straddle classes, so the shards [0, 5) and [5, 10) also optimise the ghost classes [5, 6) and [3, 5)).
 """
@@ -33,14 +33,15 @@ FINAL = ["data/04_feature/latents.safetensors", "data/04_feature/noise.safetenso
 
 
 def _configure(root: Path, shards: int) -> None:
-    """conf/base of the scratch copy: `shards`, IPC 2 only, LD3M DM latent only (the graph is built from conf/base);
-    conf/test: LD3M chunks of 3 images, which straddle classes, so each LD3M shard also runs ghost classes."""
+    """The graph keys of the scratch copy's test environment (base + test, diffdistill.pipelines.graph): `shards`
+    and the LD3M runs in conf/base, IPC 2 only in conf/test (which pins its own IPCs); conf/test also gets LD3M
+    chunks of 3 images, which straddle classes, so each LD3M shard also runs ghost classes."""
     test_ld3m = root / "conf/test/parameters_ld3m.yml"
     test_ld3m.write_text(test_ld3m.read_text().replace("sampler: {num_steps: 2}", "sampler: {num_steps: 2, chunk_size: 3}"))
     params = root / "conf/base/parameters.yml"
-    text = params.read_text()
-    text = re.sub(r"(?m)^shards: \d+", f"shards: {shards}", text)
-    params.write_text(re.sub(r"(?m)^ipcs: \[.*?\]", "ipcs: [2]", text))
+    params.write_text(re.sub(r"(?m)^shards: \d+", f"shards: {shards}", params.read_text()))
+    test_params = root / "conf/test/parameters.yml"  # the test environment pins its own IPCs (it wins over base)
+    test_params.write_text(re.sub(r"(?m)^ipcs: \[.*?\]", "ipcs: [2]", test_params.read_text()))
     ld3m = root / "conf/base/parameters_ld3m.yml"
     ld3m.write_text(re.sub(r"(?ms)^  runs:.*?\n(?=  #)", "  runs:\n    - {objective: dm, space: latent}\n",
                            ld3m.read_text()))

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 class RuntimeHook:
     """Offline, telemetry-free defaults for every run (also when started from Python, not make)."""
 
-    @hook_impl(tryfirst=True)  # before any hook reads context.params, which builds the pipelines
+    @hook_impl(tryfirst=True)  # before any hook reads context.params (which builds the pipelines)
     def after_context_created(self, context: Any) -> None:
         from diffdistill.pipelines.graph import set_run_environment
 
@@ -32,14 +32,17 @@ class RuntimeHook:
         for key, value in {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "true",
                            "MLFLOW_DISABLE_TELEMETRY": "true", "KEDRO_DISABLE_TELEMETRY": "1"}.items():
             os.environ.setdefault(key, value)
-        threads = context.params.get("torch_threads")
+        # The loader's parameters (runtime --params merged in), not context.params: in kedro 1.x that validates them
+        # against every pipeline's typed requirements, building the graph, which light commands should not pay.
+        params = context.config_loader["parameters"]
+        threads = params.get("torch_threads")
         if threads is not None:
             import torch
 
             if not isinstance(threads, int) or threads < 1:
                 raise ValueError(f"parameter torch_threads={threads!r} must be null or an int >= 1")
             torch.set_num_threads(threads)
-        precision = context.params.get("float32_matmul_precision")
+        precision = params.get("float32_matmul_precision")
         if precision is not None:
             import torch
 
@@ -93,29 +96,37 @@ class LineageHook:
         self._pipeline: Any = None
         self._mlflow_run_id: str | None = None
         self._env: str | None = None
+        self._context: Any = None
+        self._versions: tuple[str, dict[str, str]] | None = None
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
-        try:
-            params = dict(context.params)
-        except Exception:  # params that fail to resolve are reported by Kedro itself
-            params = {}
-        self._recorder, self._catalog, self._pipeline, self._mlflow_run_id = (
-            LineageRecorder(Path(context.project_path), params), None, None, None)
+        # context.params is read when a run starts, not here: in kedro 1.x it builds every pipeline (typed
+        # parameter validation), which commands that run nothing (`catalog list-patterns`) should not pay.
+        self._context, self._recorder, self._catalog, self._pipeline, self._mlflow_run_id = (
+            context, None, None, None, None)
         self._env = _configuration_env(context)
 
     @hook_impl
     def after_catalog_created(self, catalog: Any, save_version: str, load_versions: dict[str, str]) -> None:
-        self._catalog = catalog
-        if self._recorder is None:
-            self._recorder = LineageRecorder(Path.cwd(), {})
-        self._recorder.start(save_version, load_versions)
+        self._catalog, self._versions = catalog, (save_version, load_versions)
+
+    def _start_recorder(self) -> None:
+        context = self._context
+        try:
+            params = dict(context.params) if context is not None else {}
+        except Exception:  # params that fail to resolve are reported by Kedro itself
+            params = {}
+        self._recorder = LineageRecorder(Path(context.project_path) if context is not None else Path.cwd(), params)
+        if self._versions is not None:
+            self._recorder.start(*self._versions)
 
     def _active(self) -> bool:
         return self._recorder is not None and bool(self._recorder.record)
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any) -> None:
+        self._start_recorder()
         self._pipeline = pipeline
         self._mlflow_run_id = _active_mlflow_run_id()
         if self._active():
