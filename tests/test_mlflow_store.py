@@ -17,7 +17,8 @@ from tests.kedro_project import PROJECT_ROOT, scratch_project
 
 @pytest.mark.parametrize("env", ["base", "test"])
 def test_mlflow_yml_names_the_project_roots_database(tmp_path: Path, env: str) -> None:
-    RuntimeHook().after_context_created(SimpleNamespace(params={}, env=None, project_path=tmp_path))
+    RuntimeHook().after_context_created(SimpleNamespace(config_loader={"parameters": {}}, env=None,
+                                                        project_path=tmp_path))
     loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), base_env="base", default_run_env=env,
                                config_patterns={"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]})
     mlflow_yml = loader["mlflow"]
