@@ -67,7 +67,7 @@ def rows_of(result: dict[str, Any], *, iterations: int | None, git_sha: str,
     protocol's (`paper_protocols`), never pooled across protocols."""
     out = []
     for entry in [result, *result.get("paper_protocols", {}).values()]:
-        if entry["rows"]:
+        if entry.get("rows"):
             out += _protocol_rows(result, entry["rows"], iterations=iterations, git_sha=git_sha, published=published)
     return out
 
