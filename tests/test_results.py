@@ -79,7 +79,8 @@ def test_readme_blocks_are_rewritten_from_the_csv(tmp_path):
     assert not results.render_readme(readme, tmp_path)  # idempotent
 
 
-@pytest.mark.parametrize("path", sorted((PROJECT / "results").glob("*.csv")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(p for p in (PROJECT / "results").glob("*.csv")
+                                         if not p.stem.endswith("_ddranking")), ids=lambda p: p.name)
 def test_committed_tables_have_the_fixed_header_and_the_readme_shows_them(path):
     rows = results.read_csv(path)
     assert rows, f"{path} is empty"
@@ -91,6 +92,24 @@ def test_committed_tables_have_the_fixed_header_and_the_readme_shows_them(path):
     for row in rows:
         assert row["arch"] in (*results.ARCHS, "unseen_mean") and int(row["n"]) >= 1
         assert not row["set"].endswith(tuple(f"_ipc{i}" for i in range(1, 1000)))
+
+
+@pytest.mark.parametrize("path", sorted((PROJECT / "results").glob("*_ddranking.csv")), ids=lambda p: p.name)
+def test_committed_ddranking_tables_match_their_results_and_the_readme(path, tmp_path):
+    rows = results.read_ddranking_csv(path)
+    assert rows, f"{path} is empty"
+    fresh = results.write_ddranking(_copy(path.with_name(path.stem.removesuffix("_ddranking") + ".csv"), tmp_path),
+                                    PROJECT / "conf/base/parameters_evaluate.yml")
+    assert fresh.read_text() == path.read_text(), "stale: run `python -m diffdistill.results ddranking`"
+    start, end = f"<!-- results:{path.stem} -->", f"<!-- /results:{path.stem} -->"
+    block = (PROJECT / "README.md").read_text().split(start, 1)[1].split(end, 1)[0]
+    assert results.ddranking_table(rows) in block, "README table is stale: run `python -m diffdistill.results readme`"
+
+
+def _copy(path, folder):
+    target = folder / path.name
+    target.write_text(path.read_text())
+    return target
 
 
 def test_collect_keeps_the_rows_of_sets_this_project_did_not_measure(tmp_path):

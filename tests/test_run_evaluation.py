@@ -32,8 +32,12 @@ def test_report_table_has_every_method_and_the_bounds(project: Path) -> None:
     assert "ConvNet" in table and "AlexNet" in table and "unseen mean" in table
     csv = (project / "data/08_reporting/report/table.csv" / version / "table.csv").read_text()
     lines = csv.strip().splitlines()
-    assert lines[0] == "ipc,space,method,set,seeds,convnet_mean,convnet_std,alexnet_mean,alexnet_std,unseen_mean"
+    assert lines[0] == ("ipc,space,method,protocol,set,seeds,convnet_mean,convnet_std,alexnet_mean,alexnet_std,"
+                        "unseen_mean")
     assert len(lines) > 1 + 9
+    assert {line.split(",")[3] for line in lines[1:]} >= {"dc", "dc_reference", "glad_reference",
+                                                          "soft_label_reference"}  # each set under its paper's too
+    assert "DD-Ranking scores (Li et al. 2025" in table and "| ld3m_dm_latent | 1 | dc / glad_reference |" in table
 
 
 LATEST = ("table.md", "table.html", "table.csv", "accuracy.png", "gradient_snr.png", "summary.json")

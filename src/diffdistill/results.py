@@ -3,6 +3,8 @@ generated from those CSVs (never typed).
 
     python -m diffdistill.results collect --dataset digits [--project .]   # data/ -> results/digits.csv (rows of
                                                                             # sets not measured here are kept)
+    python -m diffdistill.results ddranking --dataset digits                # results/digits.csv -> DD-Ranking's
+                                                                            # scores, results/digits_ddranking.csv
     python -m diffdistill.results readme                                    # results/*.csv -> README.md blocks
 
 One CSV row per set × IPC × architecture × protocol (`set` without its `_ipc<N>` suffix), plus rows with
@@ -10,7 +12,9 @@ One CSV row per set × IPC × architecture × protocol (`set` without its `_ipc<
 `mean` / `std` in % (std over seeds as `np.std`, the references' convention; 0 with n = 1), `epochs` the
 evaluation's training epochs, `iterations` the distillation iterations (LD3M; empty for sets that do not iterate),
 `published` the paper's value where one exists for this dataset and protocol (empty otherwise).
-The README holds one block per CSV between `<!-- results:<dataset> -->` and `<!-- /results:<dataset> -->`.
+`<dataset>_ddranking.csv` holds DD-Ranking's HLR / IOR / LRS / ARS per set, IPC and architecture, computed from
+`<dataset>.csv` (`diffdistill.ddranking`). The README holds one block per CSV between `<!-- results:<stem> -->` and
+`<!-- /results:<stem> -->`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from diffdistill import ddranking
 
 HEADER = ["set", "ipc", "arch", "protocol", "mean", "std", "n", "epochs", "iterations", "published", "git_sha"]
 ARCHS = ["convnet", "alexnet", "vgg11", "resnet18", "vit"]
@@ -61,7 +67,7 @@ def rows_of(result: dict[str, Any], *, iterations: int | None, git_sha: str,
     protocol's (`paper_protocols`), never pooled across protocols."""
     out = []
     for entry in [result, *result.get("paper_protocols", {}).values()]:
-        if entry["rows"]:
+        if entry.get("rows"):
             out += _protocol_rows(result, entry["rows"], iterations=iterations, git_sha=git_sha, published=published)
     return out
 
@@ -157,8 +163,12 @@ def keep_unmeasured(old: list[dict[str, str]], new: list[dict[str, Any]]) -> lis
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    _write_rows(rows, HEADER, path)
+
+
+def _write_rows(rows: list[dict[str, Any]], header: list[str], path: Path) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HEADER, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -210,6 +220,48 @@ def markdown_table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def ddranking_table(rows: list[dict[str, str]]) -> str:
+    """One line per (set, IPC): HLR, IOR, LRS (and ARS where measured) on ConvNet and on the unseen mean."""
+    columns = ["convnet", "unseen_mean"]
+    groups: dict[tuple[str, str], dict[str, dict[str, str]]] = {}
+    for row in rows:
+        groups.setdefault((row["set"], row["ipc"]), {})[row["arch"]] = row
+    lines = ["| set | IPC | hard / own protocol | " + " | ".join(
+        f"{ARCH_LABELS[c]} {k}" for c in columns for k in ("HLR", "IOR", "LRS", "ARS")) + " |",
+             "|" + "---|" * (3 + 4 * len(columns))]
+    for (name, ipc), cells in groups.items():
+        first = next(iter(cells.values()))
+        values = []
+        for column in columns:
+            row = cells.get(column)
+            values += ["–"] * 4 if row is None else [
+                f"{float(row[k]):.1f}" if row[k] != "" else "–" for k in ("hlr", "ior", "lrs", "ars")]
+        lines.append(f"| {name} | {ipc} | {first['hard_protocol']} / {first['any_protocol']} | "
+                     + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
+def write_ddranking(results: Path, evaluate_conf: Path) -> Path:
+    """`results/<dataset>_ddranking.csv` from `results/<dataset>.csv`: the hard-label protocol is the common one
+    (`evaluate.protocol`), each set's own is its first `evaluate.paper_protocols` entry."""
+    import yaml
+
+    conf = yaml.safe_load(evaluate_conf.read_text())["evaluate"]
+    scores = ddranking.score_rows(read_csv(results), hard_protocol=conf["protocol"],
+                                  own_protocols=conf.get("paper_protocols") or {})
+    out = results.with_name(f"{results.stem}_ddranking.csv")
+    _write_rows(scores, ddranking.HEADER, out)
+    return out
+
+
+def read_ddranking_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames != ddranking.HEADER:
+            raise ValueError(f"{path} has header {reader.fieldnames}; expected {ddranking.HEADER}")
+        return list(reader)
+
+
 def render_readme(readme: Path, results_dir: Path) -> bool:
     """Rewrite every `<!-- results:<name> -->` block of the README from `results/<name>.csv`; True if changed."""
     text = readme.read_text()
@@ -220,8 +272,10 @@ def render_readme(readme: Path, results_dir: Path) -> bool:
             continue
         head, rest = new.split(start, 1)
         _, tail = rest.split(end, 1)
+        table = (ddranking_table(read_ddranking_csv(path)) if path.stem.endswith("_ddranking")
+                 else markdown_table(read_csv(path)))
         block = (f"{start}\n<!-- generated by `python -m diffdistill.results readme` from results/{path.name}; "
-                 f"do not edit -->\n{markdown_table(read_csv(path))}\n{end}")
+                 f"do not edit -->\n{table}\n{end}")
         new = head + block + tail
     if new != text:
         readme.write_text(new)
@@ -236,6 +290,11 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--project", default=".")
     c.add_argument("--out", default=None)
     c.add_argument("--replace", action="store_true", help="drop the existing table's rows of sets not measured here")
+    d = sub.add_parser("ddranking", help="results/<dataset>.csv -> DD-Ranking's scores, results/<dataset>_ddranking.csv")
+    d.add_argument("--dataset", required=True)
+    d.add_argument("--results", default="results")
+    d.add_argument("--conf", default="conf/base/parameters_evaluate.yml",
+                   help="the evaluate parameters of the run: common protocol and paper_protocols")
     r = sub.add_parser("readme", help="results/*.csv -> the README's generated tables")
     r.add_argument("--readme", default="README.md")
     r.add_argument("--results", default="results")
@@ -247,6 +306,9 @@ def main(argv: list[str] | None = None) -> None:
         kept = keep_unmeasured(read_csv(out), rows) if out.is_file() and not args.replace else []
         write_csv(sort_rows(rows + kept), out)
         print(f"{len(rows)} rows measured here, {len(kept)} kept from {out} -> {out}")
+    elif args.command == "ddranking":
+        out = write_ddranking(Path(args.results) / f"{args.dataset}.csv", Path(args.conf))
+        print(f"{len(read_ddranking_csv(out))} rows -> {out}")
     else:
         changed = render_readme(Path(args.readme), Path(args.results))
         print(f"{args.readme}: {'updated' if changed else 'already up to date'}")

@@ -18,7 +18,8 @@ from diffdistill.evaluation.protocols import decay_step
 
 
 def test_named_protocols_carry_the_reference_settings() -> None:
-    assert PROTOCOL_NAMES == ("dc", "glad", "soft_label", "dc_reference", "glad_reference", "soft_label_reference")
+    named = ("dc", "glad", "soft_label", "dc_reference", "glad_reference", "soft_label_reference")
+    assert PROTOCOL_NAMES == (*named, *(f"{name}_no_augment" for name in named))  # DD-Ranking's ARS twins
     dc = get_protocol("dc")
     assert (dc.optimizer, dc.lr, dc.momentum, dc.weight_decay, dc.batch_size) == ("sgd", 0.01, 0.9, 5e-4, 256)
     assert (dc.schedule, dc.augment, dc.ema_decay, dc.loss) == ("step", "dsa", None, "ce")

@@ -42,7 +42,7 @@ def result(name: str, meta: dict, means: dict[str, float], *, n: int = 3, std: f
     unseen = [means[a] for a in ARCHS[1:] if a in means]
     if unseen:
         summary["unseen_mean"] = {"mean": sum(unseen) / len(unseen), "archs": ARCHS[1:]}
-    return {"set": name, "status": "done", "meta": meta, "summary": summary}
+    return {"set": name, "status": "done", "meta": meta, "summary": summary, "protocol": {"name": "dc"}}
 
 
 def thirty_sets(seed: int = 0) -> list[dict]:
@@ -83,9 +83,9 @@ def test_csv_is_rounded_with_one_column_per_number(tmp_path: Path) -> None:
     dataset.save(csv)
     text = next(tmp_path.glob("table.csv/*/table.csv")).read_text()
     header, line = text.strip().splitlines()
-    assert header == ("ipc,space,method,set,seeds,convnet_mean,convnet_std,alexnet_mean,alexnet_std,vgg11_mean,"
+    assert header == ("ipc,space,method,protocol,set,seeds,convnet_mean,convnet_std,alexnet_mean,alexnet_std,vgg11_mean,"
                       "vgg11_std,resnet18_mean,resnet18_std,vit_mean,vit_std,unseen_mean")
-    assert line == "1,real,random subset,random_ipc1,3," + ",".join(["7.0,1.23"] * len(ARCHS)) + ",7.0"
+    assert line == "1,real,random subset,dc,random_ipc1,3," + ",".join(["7.0,1.23"] * len(ARCHS)) + ",7.0"
     assert "000000" not in text
 
 
@@ -129,7 +129,7 @@ def test_html_is_a_well_formed_page_without_markdown_syntax() -> None:
     page.feed(page_text)
     assert page.closed_ok and not page.open, "every tag is closed in order"
     assert page.title == "diffdistill report" and page.code == ["unseen mean"]
-    assert page.headers == ["IPC", "space", "method", "ConvNet", "AlexNet", "VGG11", "ResNet18", "ViT", "unseen mean"]
+    assert page.headers == ["IPC", "space", "method", "protocol", "ConvNet", "AlexNet", "VGG11", "ResNet18", "ViT", "unseen mean"]
     body = [r for r in page.rows if r]
     assert len(body) == 30 and all(len(r) == len(page.headers) for r in body)
     assert "Not evaluated yet (run their pipelines): ld3m_dm_latent_ipc50" in page_text
@@ -191,5 +191,35 @@ def test_no_evaluated_set_gives_a_report_that_says_so() -> None:
     markdown, html, csv, plot, summary = build_report(PARAMS, {"set": "random_ipc1", "status": "missing"})
     assert "(no evaluated sets)" in markdown and "(no evaluated sets)" in html
     assert "Not evaluated yet (run their pipelines): random_ipc1" in markdown
-    assert csv.empty and list(csv.columns)[:4] == ["ipc", "space", "method", "set"]
-    assert plot.width > 100 and summary == {"sets": [], "distilled_sets": [], "missing": ["random_ipc1"]}
+    assert csv.empty and list(csv.columns)[:5] == ["ipc", "space", "method", "protocol", "set"]
+    assert plot.width > 100 and summary == {"sets": [], "distilled_sets": [], "missing": ["random_ipc1"],
+                                            "ddranking": []}
+    assert "DD-Ranking scores: none yet" in markdown
+
+
+def _record(name: str, meta: dict, accuracy: dict[str, float]) -> dict:
+    """An eval_results record as evaluate writes it: per protocol, rows of (arch, seed) and their summary."""
+    def entry(protocol: str, value: float) -> dict:
+        rows = [{"set": name, "arch": a, "seed": 0, "protocol": protocol, "epochs": 100, "test_accuracy": value / 100}
+                for a in ARCHS]
+        summary = {a: {"mean": value, "std": 0.0, "n": 1} for a in ARCHS}
+        summary["unseen_mean"] = {"mean": value, "archs": ARCHS[1:]}
+        return {"protocol": {"name": protocol}, "rows": rows, "summary": summary}
+
+    common, *papers = accuracy.items()
+    return {"set": name, "status": "done", "meta": meta, **entry(*common),
+            "paper_protocols": {p: entry(p, v) for p, v in papers}}
+
+
+def test_each_protocol_is_its_own_block_and_the_report_gives_ddranking_scores() -> None:
+    results = [_record("full", {"method": "full"}, {"dc": 98.0}),
+               _record("random_ipc1", {"method": "random", "ipc": 1}, {"dc": 70.0, "soft_label_reference": 90.0}),
+               _record("d3hr_ipc1", {"method": "d3hr", "ipc": 1}, {"dc": 80.0, "soft_label_reference": 95.0})]
+    params = {**PARAMS, "protocol": "dc", "paper_protocols": {"d3hr": "soft_label_reference"}}
+    markdown, html, csv, plot, summary = build_report(params, *results)
+    assert list(csv["protocol"]) == ["dc", "dc", "dc", "soft_label_reference", "soft_label_reference"]  # common first
+    assert list(csv["set"])[3:] == ["random_ipc1", "d3hr_ipc1"]
+    (convnet,) = [r for r in summary["ddranking"] if r["arch"] == "convnet"]
+    assert (convnet["set"], convnet["hlr"], convnet["ior"], convnet["any_protocol"]) == \
+           ("d3hr", 18.0, 5.0, "soft_label_reference")
+    assert "| d3hr | 1 | dc / soft_label_reference | 18.0 | 5.0 |" in markdown and "DD-Ranking scores" in html

@@ -39,6 +39,7 @@ from typing import Any
 
 from diffdistill.augment import DSA
 from diffdistill.config import ConfigError, build, option
+from diffdistill.ddranking import NO_AUGMENT
 from diffdistill.nets import NET_NAMES, arch_family
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -172,6 +173,11 @@ PROTOCOLS: dict[str, ProtocolConfig] = {
         _SOFT_LABEL, name="soft_label_reference", schedule="quarter_cosine", batch_size_by_ipc={1: 15, 10: 50, 50: 100},
         nets={"convnet": "convnet_bn", "resnet18": "resnet18_bn"}),
 }
+# Each protocol also without its training augmentation (no DSA / crop-flip, no CutMix): DD-Ranking's
+# augmentation-robust score compares a set with a random subset under both (diffdistill.ddranking).
+PROTOCOLS.update({f"{name}{NO_AUGMENT}": dataclasses.replace(protocol, name=f"{name}{NO_AUGMENT}", augment="none",
+                                                             cutmix=False)
+                  for name, protocol in list(PROTOCOLS.items())})
 PROTOCOL_NAMES: tuple[str, ...] = tuple(PROTOCOLS)
 
 

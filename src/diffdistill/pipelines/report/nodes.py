@@ -54,9 +54,11 @@ def accuracy_cell(stats: dict[str, Any] | None) -> str:
 
 
 def comparison_table(results: list[dict[str, Any]], archs: list[str]) -> pd.DataFrame:
-    """One row per evaluated set: mean ± std per architecture and the mean over unseen architectures.
+    """One row per evaluated set and protocol: mean ± std per architecture and the mean over unseen architectures.
 
-    Hidden columns (`_`-prefixed) keep the numbers: `_<arch>_mean`, `_<arch>_std` (NaN for one seed), `_seeds`.
+    The common protocol's rows come first (`_common`), then each paper protocol's block: rows compare only within
+    one protocol. Hidden columns (`_`-prefixed) keep the numbers: `_<arch>_mean`, `_<arch>_std` (NaN for one
+    seed), `_seeds`.
     """
     records = []
     for result in results:
@@ -64,28 +66,46 @@ def comparison_table(results: list[dict[str, Any]], archs: list[str]) -> pd.Data
             continue
         meta = result.get("meta", {})
         space, method = row_label(meta)
-        row: dict[str, Any] = {"IPC": meta.get("ipc") if meta.get("ipc") is not None else "all",
-                               "space": space, "method": method, "set": result["set"]}
-        seeds = []
-        for arch in archs:
-            stats = result["summary"].get(arch)
-            row[ARCH_LABELS.get(arch, arch)] = accuracy_cell(stats)
-            row[f"_{arch}_mean"] = stats["mean"] if stats else float("nan")
-            row[f"_{arch}_std"] = stats["std"] if stats and stats.get("n") != 1 else float("nan")
-            if stats and stats.get("n") is not None:
-                seeds.append(int(stats["n"]))
-        unseen = result["summary"].get("unseen_mean")
-        row["unseen mean"] = f"{unseen['mean']:.1f}" if unseen else "–"
-        row["_unseen_mean"] = unseen["mean"] if unseen else float("nan")
-        row["_seeds"] = min(seeds) if seeds else None
-        records.append(row)
+        entries = [(True, result), *((False, entry) for entry in result.get("paper_protocols", {}).values())]
+        for common, entry in entries:
+            row: dict[str, Any] = {"IPC": meta.get("ipc") if meta.get("ipc") is not None else "all",
+                                   "space": space, "method": method, "protocol": _protocol_name(entry),
+                                   "set": result["set"], "_common": common}
+            seeds = []
+            for arch in archs:
+                stats = entry["summary"].get(arch)
+                row[ARCH_LABELS.get(arch, arch)] = accuracy_cell(stats)
+                row[f"_{arch}_mean"] = stats["mean"] if stats else float("nan")
+                row[f"_{arch}_std"] = stats["std"] if stats and stats.get("n") != 1 else float("nan")
+                if stats and stats.get("n") is not None:
+                    seeds.append(int(stats["n"]))
+            unseen = entry["summary"].get("unseen_mean")
+            row["unseen mean"] = f"{unseen['mean']:.1f}" if unseen else "–"
+            row["_unseen_mean"] = unseen["mean"] if unseen else float("nan")
+            row["_seeds"] = min(seeds) if seeds else None
+            records.append(row)
     table = pd.DataFrame.from_records(records)
     if table.empty:
         return table
     order = {space: i for i, space in enumerate(SPACE_ORDER)}
+    table["_protocol_order"] = [("" if common else protocol) for common, protocol in
+                                zip(table["_common"], table["protocol"], strict=True)]
     table["_ipc_order"] = table["IPC"].map(lambda v: 10**9 if v == "all" else int(v))
     table["_space_order"] = table["space"].map(lambda s: order.get(s, len(order)))
-    return table.sort_values(["_ipc_order", "_space_order", "method"]).reset_index(drop=True)
+    return table.sort_values(["_protocol_order", "_ipc_order", "_space_order", "method"]).reset_index(drop=True)
+
+
+def _protocol_name(entry: dict[str, Any]) -> str:
+    protocol = entry.get("protocol")
+    if isinstance(protocol, dict):
+        return str(protocol.get("name", "?"))
+    rows = entry.get("rows") or []
+    return str(rows[0].get("protocol", "?")) if rows else "?"
+
+
+def common_protocol(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the common protocol (the bar plot compares every set under one protocol)."""
+    return table[table["_common"]].reset_index(drop=True) if not table.empty else table
 
 
 def visible(table: pd.DataFrame) -> pd.DataFrame:
@@ -95,7 +115,8 @@ def visible(table: pd.DataFrame) -> pd.DataFrame:
 def numeric(table: pd.DataFrame, archs: list[str]) -> pd.DataFrame:
     """The machine-readable table: one row per set, `seeds`, then mean and std (empty for one seed) per
     architecture and the unseen mean, in % rounded to CSV_DECIMALS."""
-    columns = {"IPC": "ipc", "space": "space", "method": "method", "set": "set", "_seeds": "seeds"}
+    columns = {"IPC": "ipc", "space": "space", "method": "method", "protocol": "protocol", "set": "set",
+               "_seeds": "seeds"}
     for arch in archs:
         columns[f"_{arch}_mean"] = f"{arch}_mean"
         columns[f"_{arch}_std"] = f"{arch}_std"
@@ -114,10 +135,16 @@ def caption(unseen_archs: list[str], code) -> str:
             + ", ".join(ARCH_LABELS.get(a, a) for a in unseen_archs) + ".")
 
 
-def html_page(table: pd.DataFrame, unseen_archs: list[str], missing: list[str]) -> str:
-    """A standalone HTML page: the caption, the table (numbers right-aligned), the sets not evaluated yet."""
+def html_page(table: pd.DataFrame, unseen_archs: list[str], missing: list[str],
+              scores: list[dict[str, Any]] | None = None) -> str:
+    """A standalone HTML page: the caption, the table (numbers right-aligned), the sets not evaluated yet, and
+    DD-Ranking's scores."""
     body = (table.to_html(index=False, border=0, classes="report", na_rep="–") if not table.empty
             else "<p>(no evaluated sets)</p>")
+    if scores:
+        body += ("\n<h2>DD-Ranking scores</h2>\n<p>HLR = full data - set (hard labels), IOR = set - random subset "
+                 "(the set's own protocol), in points; LRS / ARS in [0, 100], higher is better.</p>\n"
+                 + pd.DataFrame.from_records(scores).to_html(index=False, border=0, classes="report", na_rep="–"))
     note = (f"<p>Not evaluated yet (run their pipelines): {html.escape(', '.join(missing))}</p>" if missing else "")
     style = ("body{font-family:system-ui,sans-serif;margin:2em}table.report{border-collapse:collapse}"
              "table.report th,table.report td{padding:3px 10px;border-bottom:1px solid #ddd;text-align:right;"
@@ -193,7 +220,8 @@ def bar_plot(table: pd.DataFrame, archs: list[str], unseen_archs: list[str]) -> 
 
 
 def build_report(params: dict[str, Any], *results: dict[str, Any]) -> tuple[str, str, pd.DataFrame, Image.Image, dict]:
-    """Markdown + HTML + CSV table and a bar plot over every set that has been evaluated."""
+    """Markdown + HTML + CSV table (every set under every protocol it was scored under), a bar plot (the common
+    protocol) and DD-Ranking's scores over every set that has been evaluated."""
     from diffdistill.config import build
     from diffdistill.evaluation.config import ReportConfig
 
@@ -201,14 +229,42 @@ def build_report(params: dict[str, Any], *results: dict[str, Any]) -> tuple[str,
     archs, unseen = list(config.archs), list(config.unseen_archs)
     table = comparison_table(list(results), archs)
     shown = visible(table)
+    scores = ddranking_scores(list(results), params)
     missing = sorted(r["set"] for r in results if r.get("status") != "done")
     note = f"\n\nNot evaluated yet (run their pipelines): {', '.join(missing)}\n" if missing else "\n"
     markdown = (caption(unseen, lambda s: f"`{s}`") + "\n\n"
-                + (shown.to_markdown(index=False, disable_numparse=True) if not shown.empty else "(no evaluated sets)") + note)
-    csv = numeric(table, archs) if not table.empty else pd.DataFrame(columns=["ipc", "space", "method", "set"])
+                + (shown.to_markdown(index=False, disable_numparse=True) if not shown.empty else "(no evaluated sets)")
+                + note + ddranking_markdown(scores))
+    csv = (numeric(table, archs) if not table.empty
+           else pd.DataFrame(columns=["ipc", "space", "method", "protocol", "set"]))
     done = [r["set"] for r in results if r.get("status") == "done"]
-    summary = {"sets": done, "distilled_sets": [name for name in done if name != "full"], "missing": missing}
-    return markdown, html_page(shown, unseen, missing), csv, bar_plot(table, archs, unseen), summary
+    summary = {"sets": done, "distilled_sets": [name for name in done if name != "full"], "missing": missing,
+               "ddranking": scores}
+    plot = bar_plot(common_protocol(table), archs, unseen)
+    return markdown, html_page(shown, unseen, missing, scores), csv, plot, summary
+
+
+def ddranking_scores(results: list[dict[str, Any]], params: dict[str, Any]) -> list[dict[str, Any]]:
+    """DD-Ranking's HLR / IOR / LRS / ARS per set, IPC and architecture (`diffdistill.ddranking`): hard labels =
+    the common protocol, each set's own = its first `evaluate.paper_protocols` entry."""
+    from diffdistill import ddranking
+    from diffdistill.results import rows_of
+
+    rows = [row for r in results if r.get("status") == "done" for row in rows_of(r, iterations=None, git_sha="")]
+    return ddranking.score_rows(rows, hard_protocol=str(params.get("protocol", "dc")),
+                                own_protocols=params.get("paper_protocols") or {})
+
+
+def ddranking_markdown(scores: list[dict[str, Any]]) -> str:
+    if not scores:
+        return ("\nDD-Ranking scores: none yet (they need the full-data bound and the random subset of the same IPC "
+                "under the same protocols).\n")
+    from diffdistill.results import ddranking_table
+
+    return ("\nDD-Ranking scores (Li et al. 2025; `diffdistill.ddranking`): HLR = full data - set with hard labels, "
+            "IOR = set - random subset under the set's own protocol, in points; LRS / ARS in [0, 100], higher is "
+            "better; from the means over seeds.\n\n"
+            + ddranking_table([{k: str(v) for k, v in row.items()} for row in scores]) + "\n")
 
 
 def rolling_snr(values: list[float], window: int) -> tuple[list[int], list[float]]:
