@@ -7,7 +7,8 @@ generated from those CSVs (never typed).
                                                                             # scores, results/digits_ddranking.csv
     python -m diffdistill.results readme                                    # results/*.csv -> README.md blocks
 
-One CSV row per set × IPC × architecture × protocol (`set` without its `_ipc<N>` suffix), plus rows with
+One CSV row per set × IPC × architecture × protocol (`set` without its `_ipc<N>` suffix; `split` the test split it
+was measured on, `<source>[:<subset>]/<split> (<images>)`), plus rows with
 `arch` = `unseen_mean`: per training seed the mean over the unseen architectures, then mean ± std over seeds.
 `mean` / `std` in % (std over seeds as `np.std`, the references' convention; 0 with n = 1), `epochs` the
 evaluation's training epochs, `iterations` the distillation iterations (LD3M; empty for sets that do not iterate),
@@ -31,7 +32,8 @@ from typing import Any
 
 from diffdistill import ddranking
 
-HEADER = ["set", "ipc", "arch", "protocol", "mean", "std", "n", "epochs", "iterations", "published", "git_sha"]
+HEADER = ["set", "ipc", "arch", "protocol", "split", "mean", "std", "n", "epochs", "iterations", "published",
+          "git_sha"]
 ARCHS = ["convnet", "alexnet", "vgg11", "resnet18", "vit"]
 UNSEEN = ["alexnet", "vgg11", "resnet18", "vit"]
 ARCH_LABELS = {"convnet": "ConvNet", "alexnet": "AlexNet", "vgg11": "VGG11", "resnet18": "ResNet18", "vit": "ViT",
@@ -89,7 +91,7 @@ def _protocol_rows(result: dict[str, Any], records: list[dict[str, Any]], *, ite
     def emit(arch: str, values: list[float]) -> None:
         key = (base, ipc, arch, protocol)
         out.append({"set": base, "ipc": "" if ipc is None else int(ipc), "arch": arch, "protocol": protocol,
-                    "mean": round(statistics.fmean(values), 2),
+                    "split": result.get("split", ""), "mean": round(statistics.fmean(values), 2),
                     "std": round(statistics.pstdev(values), 2) if len(values) > 1 else 0.0, "n": len(values),
                     "epochs": epochs, "iterations": "" if iterations is None else iterations,
                     "published": "" if not published or key not in published else published[key], "git_sha": git_sha})

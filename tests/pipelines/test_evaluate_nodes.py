@@ -96,6 +96,7 @@ def test_the_full_data_bound_is_scored_under_the_listed_hard_label_protocols() -
     results, _ = nodes.evaluate_full_data(train, test, PARAMS, "cpu")
     assert results["rows"][0]["protocol"] == "dc" and list(results["paper_protocols"]) == ["dc_reference"]
     assert results["paper_protocols"]["dc_reference"]["rows"][0]["epochs"] == 1  # full_data's overrides on top
+    assert results["split"] == "digits/? (6)"  # the test split it was measured on (this one names no split)
     soft = {**PARAMS, "paper_protocols": {"full": ["soft_label_reference"]}}
     with pytest.raises(ConfigError, match=r"full-data bound trains with hard labels .* \['soft_label_reference'\]"):
         nodes.evaluate_full_data(train, test, soft, "cpu")
@@ -161,3 +162,16 @@ def test_the_tour_keeps_to_the_common_protocol() -> None:
     runs = _parameters("tour", "ld3m")["ld3m"]["runs"]
     methods = [*config.methods, *(method_name(r["objective"], r["space"], r.get("variant")) for r in runs), "full"]
     assert all(config.paper_protocols_of(method) == [] for method in methods)
+
+
+def test_the_split_name_says_source_subset_split_and_size() -> None:
+    test = _split(2, seed=1)
+    test.meta.update({"source": "imagenet_subset", "subset": "imagenette", "split": "val"})
+    assert nodes.split_name(test) == "imagenet_subset:imagenette/val (6)"
+
+
+def test_the_paper_environment_reads_the_papers_imagenet_subset_and_imagenette2_has_its_own() -> None:
+    paper = _parameters("paper", "preprocess")["preprocess"]
+    assert (paper["source"], paper["subset"]) == ("imagenet_subset", "imagenette")  # ImageNet val: 50 per class
+    own = _parameters("imagenette", "preprocess")["preprocess"]
+    assert (own["source"], own["root"]) == ("image_folder", "data/01_raw/imagenette2")

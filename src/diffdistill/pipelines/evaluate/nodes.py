@@ -96,7 +96,16 @@ def _results(set_name: str, meta: dict[str, Any], train: TensorBundle, test: Ten
         prefix = "" if protocol is protocols[0] else f"{protocol.name}."
         metrics.update(_summary_metrics(summary, prefix))
     common = entries.pop(protocols[0].name)
-    return {"set": set_name, "status": "done", "meta": meta, **common, "paper_protocols": entries}, metrics
+    return {"set": set_name, "status": "done", "meta": meta, "split": split_name(test), **common,
+            "paper_protocols": entries}, metrics
+
+
+def split_name(test: TensorBundle) -> str:
+    """Which test split a number was measured on, e.g. `digits/test (450)`, `imagenet_subset:imagenette/val (500)`:
+    the papers' ImageNet subsets and fast.ai's imagenette2 tree are different test sets of the same classes."""
+    meta = test.meta
+    subset = f":{meta['subset']}" if meta.get("subset") else ""
+    return f"{meta.get('source', '?')}{subset}/{meta.get('split', '?')} ({len(test)})"
 
 
 def evaluate_set(distilled_set: TensorBundle | None, train_set: TensorBundle, test_set: TensorBundle,
