@@ -223,21 +223,22 @@ def markdown_table(rows: list[dict[str, str]]) -> str:
 
 
 def ddranking_table(rows: list[dict[str, str]]) -> str:
-    """One line per (set, IPC): HLR, IOR, LRS (and ARS where measured) on ConvNet and on the unseen mean."""
+    """One line per (set, IPC): HLR, IOR, LRS (and ARS, when any set has it) on ConvNet and on the unseen mean."""
     columns = ["convnet", "unseen_mean"]
+    scores = ("hlr", "ior", "lrs", "ars") if any(row["ars"] != "" for row in rows) else ("hlr", "ior", "lrs")
     groups: dict[tuple[str, str], dict[str, dict[str, str]]] = {}
     for row in rows:
         groups.setdefault((row["set"], row["ipc"]), {})[row["arch"]] = row
     lines = ["| set | IPC | hard / own protocol | " + " | ".join(
-        f"{ARCH_LABELS[c]} {k}" for c in columns for k in ("HLR", "IOR", "LRS", "ARS")) + " |",
-             "|" + "---|" * (3 + 4 * len(columns))]
+        f"{ARCH_LABELS[c]} {k.upper()}" for c in columns for k in scores) + " |",
+             "|" + "---|" * (3 + len(scores) * len(columns))]
     for (name, ipc), cells in groups.items():
         first = next(iter(cells.values()))
         values = []
         for column in columns:
             row = cells.get(column)
-            values += ["–"] * 4 if row is None else [
-                f"{float(row[k]):.1f}" if row[k] != "" else "–" for k in ("hlr", "ior", "lrs", "ars")]
+            values += ["–"] * len(scores) if row is None else [
+                f"{float(row[k]):.1f}" if row[k] != "" else "–" for k in scores]
         lines.append(f"| {name} | {ipc} | {first['hard_protocol']} / {first['any_protocol']} | "
                      + " | ".join(values) + " |")
     return "\n".join(lines)
