@@ -45,6 +45,28 @@ def test_lineage_show_prints_the_chain(project: Path) -> None:
     assert "git_sha" in record and record["params_hash"]
 
 
+def test_every_node_records_its_cost_and_every_save_its_bytes(project: Path) -> None:
+    record = json.loads(sorted((project / "data" / "lineage").glob("*.json"))[-1].read_text())
+    node = record["nodes"]["load_raw_source"]
+    cost = node["cost"]
+    assert cost["wall_s"] > 0 and cost["cpu_s"] > 0 and cost["peak_rss_mb"] > 50 and "cuda_peak_mb" not in cost
+    version = record["save_version"]
+    train = project / "data/03_primary/train_set.safetensors" / version / "train_set.safetensors"
+    sidecar = train.with_name(train.name + ".json")
+    assert node["output_bytes"]["train_set"] == train.stat().st_size + sidecar.stat().st_size
+    out = json.loads(kedro(project, "lineage", "cost", "train_set", "--json").stdout)
+    assert out[0]["wall_s"] == cost["wall_s"] and out[0]["bytes"] == node["output_bytes"]["train_set"]
+    assert out[0]["nodes"] == 1 and out[0]["nodes_without_cost"] == 0
+    line = kedro(project, "lineage", "cost", "train_set").stdout.strip()
+    assert line.startswith(f"train_set @ {version}: ") and "s CPU over 1 nodes" in line and "stored " in line
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    run = MlflowClient().get_run(record["mlflow_run_id"])
+    assert run.data.metrics["cost.load_raw_source.wall_s"] == pytest.approx(cost["wall_s"])
+
+
 def test_mlflow_run_has_params_metrics_and_the_data_report(project: Path) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient

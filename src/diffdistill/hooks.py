@@ -1,7 +1,8 @@
 """Project hooks: runtime defaults, and the lineage record and MLflow attachments of every run.
 
 `LineageHook` feeds `diffdistill.lineage.LineageRecorder` with the catalog's versions of every dataset read and
-written per node, attaches opted-in small artifacts to the MLflow run, and tags the run with its lineage record
+written per node, what each node cost (wall / CPU seconds, peak memory; also MLflow metrics `cost.<node>.<key>`)
+and the bytes each save wrote, attaches opted-in small artifacts to the MLflow run, and tags the run with its lineage record
 and the full command line (`kedro_command`, which kedro-mlflow writes without `--env` and `--params`).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,7 @@ class LineageHook:
         self._env: str | None = None
         self._context: Any = None
         self._versions: tuple[str, dict[str, str]] | None = None
+        self._started: dict[str, tuple[float, float]] = {}
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
@@ -136,6 +139,20 @@ class LineageHook:
             _tag_mlflow_run(self._mlflow_run_id, self._recorder.record)
 
     @hook_impl
+    def before_node_run(self, node: Any) -> None:
+        if self._active():
+            self._started[node.name] = node_clock()
+
+    @hook_impl
+    def after_node_run(self, node: Any) -> None:
+        start = self._started.pop(node.name, None)
+        if not self._active() or start is None:
+            return
+        cost = node_cost(start)
+        self._recorder.node_finished(node.name, cost)
+        _log_cost_metrics(self._mlflow_run_id or _active_mlflow_run_id(), node.name, cost)
+
+    @hook_impl
     def after_dataset_loaded(self, dataset_name: str, node: Any) -> None:
         if not self._active() or dataset_name.startswith("params:") or dataset_name == "parameters":
             return
@@ -148,7 +165,7 @@ class LineageHook:
         if self._mlflow_run_id is None:
             self._mlflow_run_id = _active_mlflow_run_id()
         self._recorder.saved(dataset_name, node.name, _dataset_version(self._catalog, dataset_name, load=False),
-                             self._mlflow_run_id)
+                             self._mlflow_run_id, _saved_bytes(self._catalog, dataset_name))
         self._log_artifact(dataset_name)
 
     def _log_artifact(self, dataset_name: str) -> None:
@@ -196,6 +213,56 @@ class LineageHook:
         record, path = self._recorder.persist(status)
         _tag_mlflow_run(self._mlflow_run_id, record, path)
         self._recorder.record = {}
+
+
+def node_clock() -> tuple[float, float]:
+    """(wall, process CPU) seconds now; resets the CUDA peak-memory counter when CUDA is in use."""
+    torch = sys.modules.get("torch")  # never import torch here: a node that does not use it pays nothing
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+    return time.perf_counter(), time.process_time()
+
+
+def node_cost(start: tuple[float, float]) -> dict[str, float | None]:
+    """What ran since `start` (`node_clock()`): wall seconds; CPU seconds of this process (every thread: with the
+    ThreadRunner, concurrent nodes share it); the process's peak resident memory so far (a high-water mark: a
+    node's own peak is at most this); the CUDA peak allocated since `start` (None without CUDA)."""
+    import resource
+
+    wall, cpu = start
+    torch = sys.modules.get("torch")
+    cuda = (torch.cuda.max_memory_allocated() / 2**20
+            if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized() else None)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"wall_s": round(time.perf_counter() - wall, 3), "cpu_s": round(time.process_time() - cpu, 3),
+            "peak_rss_mb": round(peak_kb / 1024, 1), "cuda_peak_mb": None if cuda is None else round(cuda, 1)}
+
+
+def _log_cost_metrics(run_id: str | None, node: str, cost: dict[str, float | None]) -> None:
+    if run_id is None:
+        return
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        for key, value in cost.items():
+            if value is not None:
+                client.log_metric(run_id, f"cost.{node}.{key}", float(value))
+    except Exception as exc:  # a tracking failure must not fail the run that produced the data
+        logger.warning("Could not log the cost of %s to MLflow: %s", node, exc)
+
+
+def _saved_bytes(catalog: Any, name: str) -> int | None:
+    try:
+        path = _saved_path(catalog.get(name))
+    except Exception:  # a dataset the catalog cannot build has no files to measure
+        return None
+    if path is None or not path.exists():
+        return None
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    sidecar = path.with_name(path.name + ".json")  # a TensorBundle's metadata sidecar belongs to the artifact
+    return path.stat().st_size + (sidecar.stat().st_size if sidecar.is_file() else 0)
 
 
 def _saved_path(dataset: Any) -> Path | None:

@@ -1,7 +1,15 @@
 """Lineage: which artifact versions, runs and commits produced an artifact. `record` writes one record per run
 (`data/lineage/<save_version>.json`, owned here); `read` loads them back and traces an artifact's ancestors."""
 
-from diffdistill.lineage.read import LineageNode, find_producer, format_tree, lineage_json, load_records, trace
+from diffdistill.lineage.read import (
+    LineageNode,
+    artifact_cost,
+    find_producer,
+    format_tree,
+    lineage_json,
+    load_records,
+    trace,
+)
 from diffdistill.lineage.record import (
     LINEAGE_DIR,
     LineageRecorder,
@@ -11,5 +19,6 @@ from diffdistill.lineage.record import (
     params_hash,
 )
 
-__all__ = ["LINEAGE_DIR", "LineageNode", "LineageRecorder", "command_line", "find_producer", "format_tree",
+__all__ = ["LINEAGE_DIR", "LineageNode", "LineageRecorder", "artifact_cost", "command_line", "find_producer",
+           "format_tree",
            "git_state", "kedro_run_command", "lineage_json", "load_records", "params_hash", "trace"]

@@ -3,7 +3,7 @@
 `trace` builds the DAG of an artifact's ancestors: one `LineageNode` per artifact version, shared by every
 descendant that read it. `format_tree` prints it depth first, each artifact version once (later occurrences are a
 one-line reference), followed by the runs that produced them (pipelines, environment, command line, git state,
-time) listed once each; `lineage_json` is the same DAG as plain data.
+time) listed once each; `lineage_json` is the same DAG as plain data; `artifact_cost` what the DAG's nodes cost.
 """
 
 from __future__ import annotations
@@ -203,3 +203,49 @@ def lineage_json(root: LineageNode) -> dict[str, Any]:
                        "inputs": [parent.label for parent in node.parents]} for node in _walk(root)],
         "runs": {run["save_version"]: {k: run.get(k) for k in _RUN_FIELDS} for run in _runs(root)},
     }
+
+
+COST_KEYS = ("wall_s", "cpu_s")
+
+
+def artifact_cost(root: LineageNode) -> dict[str, Any]:
+    """What producing an artifact cost, from the records of its DAG: every (run, node) that wrote one of its
+    ancestors (or itself) counted once.
+
+    `wall_s` / `cpu_s` sum the nodes' wall and process-CPU seconds; `peak_rss_mb` / `cuda_peak_mb` are the largest
+    peaks among them; `bytes` is the size on disk of the artifact itself, `upstream_bytes` of every ancestor version
+    it was made from. `nodes` counts the producing nodes, `nodes_without_cost` those whose records predate cost
+    accounting or ran under the ParallelRunner (their dataset hooks run in other processes): the sums then
+    under-count, and say by how many nodes.
+    """
+    seen: set[tuple[str, str]] = set()
+    totals: dict[str, Any] = {key: 0.0 for key in COST_KEYS}
+    peaks: dict[str, float] = {}
+    missing = 0
+    upstream = 0
+    own: int | None = None
+    for node in _walk(root):
+        if node.run is None or node.node is None:
+            continue
+        entry = node.run.get("nodes", {}).get(node.node, {})
+        size = entry.get("output_bytes", {}).get(node.dataset)
+        if node is root:
+            own = size
+        elif size is not None:
+            upstream += int(size)
+        key = (str(node.run.get("save_version")), node.node)
+        if key in seen:
+            continue
+        seen.add(key)
+        cost = entry.get("cost")
+        if not cost:
+            missing += 1
+            continue
+        for name in COST_KEYS:
+            totals[name] += float(cost.get(name, 0.0))
+        for name in ("peak_rss_mb", "cuda_peak_mb"):
+            if cost.get(name) is not None:
+                peaks[name] = max(peaks.get(name, 0.0), float(cost[name]))
+    return {"artifact": root.label, **{k: round(v, 3) for k, v in totals.items()},
+            "peak_rss_mb": peaks.get("peak_rss_mb"), "cuda_peak_mb": peaks.get("cuda_peak_mb"), "bytes": own,
+            "upstream_bytes": upstream, "nodes": len(seen), "nodes_without_cost": missing}

@@ -150,11 +150,21 @@ class LineageRecorder:
             self.record["inputs"].setdefault(dataset, version)
             self._node(node)["inputs"][dataset] = version
 
-    def saved(self, dataset: str, node: str, version: str | None, mlflow_run_id: str | None) -> None:
+    def saved(self, dataset: str, node: str, version: str | None, mlflow_run_id: str | None,
+              nbytes: int | None = None) -> None:
+        """`nbytes`: the size on disk of what the save wrote (every file of a directory artifact)."""
         with self._lock:
             self.record["outputs"][dataset] = version
             self._node(node)["outputs"][dataset] = version
+            if nbytes is not None:
+                self._node(node).setdefault("output_bytes", {})[dataset] = int(nbytes)
             self.record["mlflow_run_id"] = mlflow_run_id
+            self.persist("running")
+
+    def node_finished(self, node: str, cost: dict[str, float | None]) -> None:
+        """What a node cost (`wall_s`, `cpu_s`, `peak_rss_mb`, `cuda_peak_mb`: see `LineageHook`)."""
+        with self._lock:
+            self._node(node)["cost"] = {k: v for k, v in cost.items() if v is not None}
             self.persist("running")
 
     def fill_from_graph(self, nodes: Iterable[Any], version_of: Callable[[str], str | None], status: str) -> None:
