@@ -31,3 +31,23 @@ def test_costs_sum_over_the_dag_once_per_node_and_peaks_are_maxima():
     evaluated = artifact_cost(trace([up, down], "s.eval"))
     assert evaluated["nodes_without_cost"] == 1 and evaluated["bytes"] is None  # a record that predates costs
     assert evaluated["upstream_bytes"] == 64 + 1000 + 400 + 5000
+
+
+def test_cost_rows_give_one_row_per_distilled_set(tmp_path):
+    import json
+
+    from diffdistill import results
+
+    record = _record("v1", {
+        "load": {"inputs": {}, "outputs": {"train_set": "v1"}, "cost": {"wall_s": 1.0, "cpu_s": 1.0, "peak_rss_mb": 9.0},
+                 "output_bytes": {"train_set": 2048}},
+        "make": {"inputs": {"train_set": "v1"}, "outputs": {"random_ipc1.distilled_set": "v1"},
+                 "cost": {"wall_s": 0.5, "cpu_s": 0.25, "peak_rss_mb": 10.0},
+                 "output_bytes": {"random_ipc1.distilled_set": 1024}}})
+    (tmp_path / "data/lineage").mkdir(parents=True)
+    (tmp_path / "data/lineage/v1.json").write_text(json.dumps(record))
+    (row,) = results.cost_rows(tmp_path)
+    assert row["set"] == "random_ipc1" and (row["wall_s"], row["cpu_s"], row["peak_rss_mb"]) == (1.5, 1.25, 10.0)
+    assert (row["set_bytes"], row["upstream_bytes"], row["nodes"]) == (1024, 2048, 2)
+    assert "| random_ipc1 | 1.5 | 1.2 | 10.0 | – | 1.0 | 0.0 | 2 (0) |" in results.cost_table(
+        [{k: str(v) for k, v in row.items()}])

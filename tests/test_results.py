@@ -80,7 +80,7 @@ def test_readme_blocks_are_rewritten_from_the_csv(tmp_path):
 
 
 @pytest.mark.parametrize("path", sorted(p for p in (PROJECT / "results").glob("*.csv")
-                                         if not p.stem.endswith("_ddranking")), ids=lambda p: p.name)
+                                         if not p.stem.endswith(("_ddranking", "_cost"))), ids=lambda p: p.name)
 def test_committed_tables_have_the_fixed_header_and_the_readme_shows_them(path):
     rows = results.read_csv(path)
     assert rows, f"{path} is empty"
@@ -121,3 +121,12 @@ def test_collect_keeps_the_rows_of_sets_this_project_did_not_measure(tmp_path):
     assert results.keep_unmeasured(results.read_csv(tmp_path / "t.csv"), old) == []
     results.write_csv(results.sort_rows(new + kept), tmp_path / "t.csv")
     assert len(results.read_csv(tmp_path / "t.csv")) == len(old) + len(new)
+
+
+@pytest.mark.parametrize("path", sorted((PROJECT / "results").glob("*_cost.csv")), ids=lambda p: p.name)
+def test_committed_cost_tables_are_in_the_readme(path):
+    rows = results._read_rows(path, results.COST_HEADER)
+    assert rows and all(float(r["wall_s"]) > 0 and int(r["nodes_without_cost"]) == 0 for r in rows)
+    start, end = f"<!-- results:{path.stem} -->", f"<!-- /results:{path.stem} -->"
+    block = (PROJECT / "README.md").read_text().split(start, 1)[1].split(end, 1)[0]
+    assert results.cost_table(rows) in block, "README table is stale: run `python -m diffdistill.results readme`"
