@@ -1,6 +1,6 @@
 """The layer order of src/diffdistill: imports only run downward or sideways, and no module imports itself back.
 
-    rng, config, progress  ->  data  ->  workdir, nets, augment, diffusion  ->  prior  ->  distill, evaluation
+    rng, config, progress, ddranking  ->  data  ->  workdir, nets, augment, diffusion  ->  prior  ->  distill, evaluation
                  ->  datasets, lineage, pipelines, hooks, run_summary, cli, results (the Kedro side and the tools)
 
 Read from the source (every `import` / `from ... import`, also inside functions, so a lazy import counts too;
@@ -14,7 +14,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "diffdistill"
 LAYERS = [
-    {"rng", "config", "progress"},
+    {"rng", "config", "progress", "ddranking"},
     {"data"},
     {"workdir", "nets", "augment", "diffusion"},
     {"prior"},
