@@ -182,11 +182,7 @@ def _write_rows(rows: list[dict[str, Any]], header: list[str], path: Path) -> No
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open() as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames != HEADER:
-            raise ValueError(f"{path} has header {reader.fieldnames}; expected {HEADER}")
-        return list(reader)
+    return _read_rows(path, HEADER)
 
 
 def _cell(row: dict[str, str] | None) -> str:
@@ -260,11 +256,7 @@ def write_ddranking(results: Path, evaluate_conf: Path) -> Path:
 
 
 def read_ddranking_csv(path: Path) -> list[dict[str, str]]:
-    with path.open() as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames != ddranking.HEADER:
-            raise ValueError(f"{path} has header {reader.fieldnames}; expected {ddranking.HEADER}")
-        return list(reader)
+    return _read_rows(path, ddranking.HEADER)
 
 
 COST_HEADER = ["set", "wall_s", "cpu_s", "peak_rss_mb", "cuda_peak_mb", "set_bytes", "upstream_bytes", "nodes",
