@@ -1,9 +1,10 @@
 """Draw the report's bar plot from a committed results table (the README's numbers), for docs/images.
 
-    python docs/images/report_plot_from_results.py results/digits.csv docs/images/report-accuracy.png
+    python docs/images/report_plot_from_results.py results/digits.csv docs/images/report-accuracy.png [protocol]
 
 The report node draws the same figure from the evaluation artifacts of a run; the committed CSV holds those numbers
-for every set measured so far (here 24 sets × 5 architectures × 3 seeds), which no single CPU run reproduces quickly.
+for every set measured so far, which no single CPU run reproduces quickly. One figure compares sets under one
+protocol: `protocol` (default `dc`, the common one) picks its rows.
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ def set_meta(name: str, ipc: str) -> dict:
     return {**meta, "method": "ld3m", "objective": objective, "space": space, **({"variant": variant} if variant else {})}
 
 
-def results_from_csv(path: Path) -> list[dict]:
-    """One evaluation result per (set, IPC) in the shape `evaluate` writes (`summary[arch]` = mean, std, n)."""
-    rows = read_csv(path)
-    protocols = sorted({row["protocol"] for row in rows})
-    if len(protocols) > 1:  # one figure compares sets under one protocol
-        raise SystemExit(f"{path} mixes protocols {protocols}; plot one at a time")
+def results_from_csv(path: Path, protocol: str = "dc") -> list[dict]:
+    """One evaluation result per (set, IPC) under `protocol`, in the shape `evaluate` writes (`summary[arch]` =
+    mean, std, n)."""
+    rows = [row for row in read_csv(path) if row["protocol"] == protocol]
+    if not rows:
+        raise SystemExit(f"{path} has no rows under protocol {protocol!r}")
     grouped: dict[tuple[str, str], dict] = defaultdict(dict)
     for row in rows:
         stats = {"mean": float(row["mean"]), "std": float(row["std"]), "n": int(row["n"])}
@@ -45,11 +46,11 @@ def results_from_csv(path: Path) -> list[dict]:
              "summary": summary} for (name, ipc), summary in grouped.items()]
 
 
-def main(source: str, target: str) -> None:
-    results = results_from_csv(Path(source))
+def main(source: str, target: str, protocol: str = "dc") -> None:
+    results = results_from_csv(Path(source), protocol)
     bar_plot(comparison_table(results, ARCHS), ARCHS, UNSEEN).save(target)
     print(f"{len(results)} sets × {len(ARCHS)} architectures -> {target}")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])
