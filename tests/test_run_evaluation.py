@@ -33,8 +33,14 @@ def test_report_table_has_every_method_and_the_bounds(project: Path) -> None:
     csv = (project / "data/08_reporting/report/table.csv" / version / "table.csv").read_text()
     lines = csv.strip().splitlines()
     assert lines[0] == ("ipc,space,method,protocol,set,seeds,convnet_mean,convnet_std,alexnet_mean,alexnet_std,"
-                        "unseen_mean")
+                        "unseen_mean,wall_s,cpu_s,peak_rss_mb,bytes")
     assert len(lines) > 1 + 9
+    # every distilled set carries what it cost to make (from this run's lineage); the full-data bound distils nothing
+    for line in lines[1:]:
+        wall_s, cpu_s, peak_rss_mb, nbytes = line.split(",")[-4:]
+        made = line.split(",")[4] != "full"
+        assert all(made == (cell != "") for cell in (wall_s, cpu_s, peak_rss_mb, nbytes)), line
+        assert not made or (float(wall_s) > 0 and float(peak_rss_mb) > 100 and int(nbytes) > 0), line
     assert {line.split(",")[3] for line in lines[1:]} >= {"dc", "dc_reference", "glad_reference",
                                                           "soft_label_reference"}  # each set under its paper's too
     assert "DD-Ranking scores (Li et al. 2025" in table and "| ld3m_dm_latent | 1 | dc / glad_reference |" in table

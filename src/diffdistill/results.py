@@ -264,22 +264,15 @@ COST_HEADER = ["set", "wall_s", "cpu_s", "peak_rss_mb", "cuda_peak_mb", "set_byt
 
 
 def cost_rows(project: Path) -> list[dict[str, Any]]:
-    """What each distilled set of a project cost to make (`diffdistill.lineage.artifact_cost` of the latest
-    `<set>.distilled_set`): every node of its lineage once, so shared upstream phases (teacher, prior, latents)
-    count in full for every set."""
-    from diffdistill.lineage import artifact_cost, load_records, trace
+    """What each distilled set of a project cost to make (`diffdistill.lineage.distilled_set_costs`): every node of
+    its lineage once, so shared upstream phases (teacher, prior, latents) count in full for every set."""
+    from diffdistill.lineage import distilled_set_costs, load_records
 
-    records = load_records(project)
-    names = sorted({name for r in records for name in r.get("outputs", {}) if name.endswith(".distilled_set")})
-    rows = []
-    for name in names:
-        cost = artifact_cost(trace(records, name))
-        rows.append({"set": name.removesuffix(".distilled_set"), "wall_s": cost["wall_s"], "cpu_s": cost["cpu_s"],
-                     "peak_rss_mb": cost["peak_rss_mb"], "cuda_peak_mb": cost["cuda_peak_mb"] or "",
-                     "set_bytes": cost["bytes"] if cost["bytes"] is not None else "",
-                     "upstream_bytes": cost["upstream_bytes"], "nodes": cost["nodes"],
-                     "nodes_without_cost": cost["nodes_without_cost"]})
-    return rows
+    return [{"set": name, "wall_s": cost["wall_s"], "cpu_s": cost["cpu_s"], "peak_rss_mb": cost["peak_rss_mb"],
+             "cuda_peak_mb": cost["cuda_peak_mb"] or "", "set_bytes": cost["bytes"] if cost["bytes"] is not None else "",
+             "upstream_bytes": cost["upstream_bytes"], "nodes": cost["nodes"],
+             "nodes_without_cost": cost["nodes_without_cost"]}
+            for name, cost in distilled_set_costs(load_records(project)).items()]
 
 
 def cost_table(rows: list[dict[str, str]]) -> str:

@@ -222,7 +222,7 @@ def test_report_node(data) -> None:
     params, key = _broken("report", data)
     result = {"set": "random_ipc1", "status": "done", "meta": {"method": "random", "ipc": 1},
               "summary": {"convnet": {"mean": 50.0, "std": 1.0, "n": 1}}}
-    assert_clear_error(lambda: build_report(params, result), key, case="report.build_report/bad params")
+    assert_clear_error(lambda: build_report(params, {}, result), key, case="report.build_report/bad params")
 
 
 # ----------------------------------------------------------------------------- nodes owned by other helpers

@@ -4,10 +4,12 @@
 from diffdistill.lineage.read import (
     LineageNode,
     artifact_cost,
+    distilled_set_costs,
     find_producer,
     format_tree,
     lineage_json,
     load_records,
+    read_records,
     trace,
 )
 from diffdistill.lineage.record import (
@@ -19,6 +21,6 @@ from diffdistill.lineage.record import (
     params_hash,
 )
 
-__all__ = ["LINEAGE_DIR", "LineageNode", "LineageRecorder", "artifact_cost", "command_line", "find_producer",
-           "format_tree",
-           "git_state", "kedro_run_command", "lineage_json", "load_records", "params_hash", "trace"]
+__all__ = ["LINEAGE_DIR", "LineageNode", "LineageRecorder", "artifact_cost", "command_line", "distilled_set_costs",
+           "find_producer", "format_tree", "git_state", "kedro_run_command", "lineage_json", "load_records",
+           "params_hash", "read_records", "trace"]

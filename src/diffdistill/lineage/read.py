@@ -3,7 +3,8 @@
 `trace` builds the DAG of an artifact's ancestors: one `LineageNode` per artifact version, shared by every
 descendant that read it. `format_tree` prints it depth first, each artifact version once (later occurrences are a
 one-line reference), followed by the runs that produced them (pipelines, environment, command line, git state,
-time) listed once each; `lineage_json` is the same DAG as plain data; `artifact_cost` what the DAG's nodes cost.
+time) listed once each; `lineage_json` is the same DAG as plain data; `artifact_cost` what the DAG's nodes cost
+(`distilled_set_costs`: for every distilled set).
 """
 
 from __future__ import annotations
@@ -17,8 +18,13 @@ from diffdistill.lineage.record import LINEAGE_DIR, command_line
 
 
 def load_records(project_path: Path) -> list[dict[str, Any]]:
-    """All lineage records, oldest first."""
-    directory = Path(project_path) / LINEAGE_DIR
+    """All lineage records of a project, oldest first."""
+    return read_records(Path(project_path) / LINEAGE_DIR)
+
+
+def read_records(directory: Path) -> list[dict[str, Any]]:
+    """All lineage records in `directory` (a project's `data/lineage`), oldest first; none if it does not exist."""
+    directory = Path(directory)
     records = []
     for path in sorted(directory.glob("*.json")):
         try:
@@ -249,3 +255,11 @@ def artifact_cost(root: LineageNode) -> dict[str, Any]:
     return {"artifact": root.label, **{k: round(v, 3) for k, v in totals.items()},
             "peak_rss_mb": peaks.get("peak_rss_mb"), "cuda_peak_mb": peaks.get("cuda_peak_mb"), "bytes": own,
             "upstream_bytes": upstream, "nodes": len(seen), "nodes_without_cost": missing}
+
+
+def distilled_set_costs(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Set name (`<set>`, without `.distilled_set`) -> `artifact_cost` of the latest `<set>.distilled_set` version,
+    for every distilled set the records know (shared upstream phases count in full for every set)."""
+    names = sorted({name for record in records for name in record.get("outputs", {})
+                    if name.endswith(".distilled_set")})
+    return {name.removesuffix(".distilled_set"): artifact_cost(trace(records, name)) for name in names}

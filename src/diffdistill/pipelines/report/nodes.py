@@ -53,13 +53,16 @@ def accuracy_cell(stats: dict[str, Any] | None) -> str:
     return f"{stats['mean']:.1f} ± {stats['std']:.1f}"
 
 
-def comparison_table(results: list[dict[str, Any]], archs: list[str]) -> pd.DataFrame:
-    """One row per evaluated set and protocol: mean ± std per architecture and the mean over unseen architectures.
+def comparison_table(results: list[dict[str, Any]], archs: list[str],
+                     costs: dict[str, dict[str, Any]] | None = None) -> pd.DataFrame:
+    """One row per evaluated set and protocol: mean ± std per architecture, the mean over unseen architectures,
+    and what the set cost to make (`costs`: set -> `diffdistill.lineage.artifact_cost`; "–" where unknown).
 
     The common protocol's rows come first (`_common`), then each paper protocol's block: rows compare only within
     one protocol. Hidden columns (`_`-prefixed) keep the numbers: `_<arch>_mean`, `_<arch>_std` (NaN for one
-    seed), `_seeds`.
+    seed), `_seeds`, and `_<cost key>` for COST_COLUMNS.
     """
+    costs = costs or {}
     records = []
     for result in results:
         if result.get("status") != "done":
@@ -83,6 +86,7 @@ def comparison_table(results: list[dict[str, Any]], archs: list[str]) -> pd.Data
             row["unseen mean"] = f"{unseen['mean']:.1f}" if unseen else "–"
             row["_unseen_mean"] = unseen["mean"] if unseen else float("nan")
             row["_seeds"] = min(seeds) if seeds else None
+            row.update(cost_cells(costs.get(result["set"])))
             records.append(row)
     table = pd.DataFrame.from_records(records)
     if table.empty:
@@ -93,6 +97,31 @@ def comparison_table(results: list[dict[str, Any]], archs: list[str]) -> pd.Data
     table["_ipc_order"] = table["IPC"].map(lambda v: 10**9 if v == "all" else int(v))
     table["_space_order"] = table["space"].map(lambda s: order.get(s, len(order)))
     return table.sort_values(["_protocol_order", "_ipc_order", "_space_order", "method"]).reset_index(drop=True)
+
+
+# What a set cost to make, from its lineage (every producing node once, shared upstream phases in full):
+# visible label -> key of `artifact_cost`. The CSV carries all of them; bytes are the set's own on disk.
+COST_COLUMNS = {"made in (s)": "wall_s", "CPU (s)": "cpu_s", "peak RSS (MB)": "peak_rss_mb",
+                "stored (KB)": "bytes"}
+
+
+def cost_cells(cost: dict[str, Any] | None) -> dict[str, Any]:
+    """The cost columns of one set's rows: text cells and hidden `_<key>` numbers (NaN where unknown, e.g. the
+    full-data bound, which distils nothing, or runs recorded before cost accounting)."""
+    cells: dict[str, Any] = {}
+    for label, key in COST_COLUMNS.items():
+        value = (cost or {}).get(key)
+        if value is not None and key in ("wall_s", "cpu_s") and (cost or {}).get("nodes_without_cost"):
+            value = None  # a sum that misses nodes would under-state the cost
+        number = float(value) if value is not None else float("nan")
+        cells[f"_{key}"] = number
+        if value is None:
+            cells[label] = "–"
+        elif key == "bytes":
+            cells[label] = f"{number / 1024:.1f}"
+        else:
+            cells[label] = f"{number:.0f}" if key == "peak_rss_mb" else f"{number:.1f}"
+    return cells
 
 
 def _protocol_name(entry: dict[str, Any]) -> str:
@@ -114,17 +143,21 @@ def visible(table: pd.DataFrame) -> pd.DataFrame:
 
 def numeric(table: pd.DataFrame, archs: list[str]) -> pd.DataFrame:
     """The machine-readable table: one row per set, `seeds`, then mean and std (empty for one seed) per
-    architecture and the unseen mean, in % rounded to CSV_DECIMALS."""
+    architecture and the unseen mean, in % rounded to CSV_DECIMALS, then the set's cost (COST_COLUMNS' keys:
+    seconds, MB, bytes; empty where unknown)."""
     columns = {"IPC": "ipc", "space": "space", "method": "method", "protocol": "protocol", "set": "set",
                "_seeds": "seeds"}
     for arch in archs:
         columns[f"_{arch}_mean"] = f"{arch}_mean"
         columns[f"_{arch}_std"] = f"{arch}_std"
     columns["_unseen_mean"] = "unseen_mean"
+    columns.update({f"_{key}": key for key in COST_COLUMNS.values()})
     out = table[list(columns)].rename(columns=columns)
     accuracy = [c for c in out.columns if c.endswith(("_mean", "_std"))]
     out[accuracy] = out[accuracy].astype(float).round(CSV_DECIMALS)
     out["seeds"] = out["seeds"].astype("Int64")
+    out["bytes"] = out["bytes"].astype(float).round().astype("Int64")
+    out[["wall_s", "cpu_s", "peak_rss_mb"]] = out[["wall_s", "cpu_s", "peak_rss_mb"]].astype(float).round(1)
     return out
 
 
@@ -132,7 +165,10 @@ def caption(unseen_archs: list[str], code) -> str:
     """What the numbers are; `code(text)` marks a column name (backticks in markdown, <code> in HTML)."""
     return ("Test accuracy (%) of architectures trained from scratch on each set; final epoch, mean ± std over seeds "
             "(n = 1: a single seed, so no spread). " + code("unseen mean") + " averages "
-            + ", ".join(ARCH_LABELS.get(a, a) for a in unseen_archs) + ".")
+            + ", ".join(ARCH_LABELS.get(a, a) for a in unseen_archs) + ". What the set cost to make, from its "
+            "lineage (every phase that produced it once, shared phases such as the teacher and the prior in full): "
+            + code("made in (s)") + " wall and " + code("CPU (s)") + " process-CPU seconds, " + code("peak RSS (MB)")
+            + " the largest memory peak among its phases, " + code("stored (KB)") + " the set's bytes on disk.")
 
 
 def html_page(table: pd.DataFrame, unseen_archs: list[str], missing: list[str],
@@ -219,15 +255,17 @@ def bar_plot(table: pd.DataFrame, archs: list[str], unseen_archs: list[str]) -> 
     return figure_image(accuracy_figure(table, archs, unseen_archs))
 
 
-def build_report(params: dict[str, Any], *results: dict[str, Any]) -> tuple[str, str, pd.DataFrame, Image.Image, dict]:
-    """Markdown + HTML + CSV table (every set under every protocol it was scored under), a bar plot (the common
-    protocol) and DD-Ranking's scores over every set that has been evaluated."""
+def build_report(params: dict[str, Any], costs: dict[str, dict[str, Any]],
+                 *results: dict[str, Any]) -> tuple[str, str, pd.DataFrame, Image.Image, dict]:
+    """Markdown + HTML + CSV table (every set under every protocol it was scored under, with what it cost to make:
+    `costs` from `lineage_costs`), a bar plot (the common protocol) and DD-Ranking's scores over every set that has
+    been evaluated."""
     from diffdistill.config import build
     from diffdistill.evaluation.config import ReportConfig
 
     config = build(ReportConfig, {k: v for k, v in params.items() if k in ("archs", "unseen_archs")}, "evaluate")
     archs, unseen = list(config.archs), list(config.unseen_archs)
-    table = comparison_table(list(results), archs)
+    table = comparison_table(list(results), archs, costs)
     shown = visible(table)
     scores = ddranking_scores(list(results), params)
     missing = sorted(r["set"] for r in results if r.get("status") != "done")
@@ -239,7 +277,7 @@ def build_report(params: dict[str, Any], *results: dict[str, Any]) -> tuple[str,
            else pd.DataFrame(columns=["ipc", "space", "method", "protocol", "set"]))
     done = [r["set"] for r in results if r.get("status") == "done"]
     summary = {"sets": done, "distilled_sets": [name for name in done if name != "full"], "missing": missing,
-               "ddranking": scores}
+               "ddranking": scores, "cost": {name: costs[name] for name in done if name in costs}}
     plot = bar_plot(common_protocol(table), archs, unseen)
     return markdown, html_page(shown, unseen, missing, scores), csv, plot, summary
 

@@ -29,7 +29,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         warnings.filterwarnings("ignore", message=r"One or more dataset names contain '\.' characters")
         snr = [Node(gradient_snr_plot, inputs=["params:ld3m", *pairs], outputs="report_gradient_snr",
                     name="gradient_snr_plot")] if pairs else []  # Fig. 7 needs latent and no_residual runs
-        report = Node(build_report, inputs=["params:evaluate", *results],
+        report = Node(build_report, inputs=["params:evaluate", "lineage_costs", *results],
                       outputs=["report_table_markdown", "report_table_html", "report_table_csv", "report_plot",
                                "report_summary"], name="build_report")
     return Pipeline([report, *snr])
