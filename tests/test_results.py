@@ -130,3 +130,19 @@ def test_committed_cost_tables_are_in_the_readme(path):
     start, end = f"<!-- results:{path.stem} -->", f"<!-- /results:{path.stem} -->"
     block = (PROJECT / "README.md").read_text().split(start, 1)[1].split(end, 1)[0]
     assert results.cost_table(rows) in block, "README table is stale: run `python -m diffdistill.results readme`"
+
+
+def test_the_readme_table_has_one_block_per_protocol_the_common_one_first(tmp_path):
+    record = _record("ld3m_dm_latent_ipc10")
+    paper = [r | {"protocol": "glad_reference"} for r in record["rows"]]
+    record["paper_protocols"] = {"glad_reference": {"protocol": {"name": "glad_reference"}, "rows": paper,
+                                                    "summary": {}}}
+    rows = results.rows_of(record, iterations=20, git_sha="abc")
+    rows += results.rows_of(_record("random_ipc10"), iterations=None, git_sha="abc")
+    path = tmp_path / "t.csv"
+    results.write_csv(results.sort_rows(rows), path)
+    table = results.markdown_table(results.read_csv(path))
+    common, paper_block = table.split("**Protocol `glad_reference`** (1 set)")
+    assert common.startswith("**Protocol `dc`** (2 sets)")
+    assert "| random | 10 | dc |" in common and "| ld3m_dm_latent | 10 | dc |" in common
+    assert "glad_reference" not in common and "| dc |" not in paper_block

@@ -197,7 +197,25 @@ def _cell(row: dict[str, str] | None) -> str:
 
 
 def markdown_table(rows: list[dict[str, str]]) -> str:
-    """One line per (set, IPC, protocol); columns the architectures and the unseen mean; n = 1 shows no ±."""
+    """One table per protocol, so that no comparison mixes protocols: the protocol that scores the most sets (the
+    common one) first, then each paper protocol's (random, herding and the bound under it, then the sets whose paper
+    it is). One line per (set, IPC); columns the architectures and the unseen mean; n = 1 shows no ±."""
+    by_protocol: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_protocol.setdefault(row["protocol"], []).append(row)
+    coverage = {p: len({(r["set"], r["ipc"]) for r in block}) for p, block in by_protocol.items()}
+    order = sorted(by_protocol, key=lambda p: (-coverage[p], p))
+    if len(order) == 1:
+        return _protocol_table(rows)
+    return "\n\n".join(f"**Protocol `{p}`** ({coverage[p]} set{'s' * (coverage[p] != 1)})\n\n{_protocol_table(by_protocol[p])}"
+                       for p in order)
+
+
+def _sets(count: int) -> str:
+    return f"{count} set" + ("s" if count != 1 else "")
+
+
+def _protocol_table(rows: list[dict[str, str]]) -> str:
     columns = [*ARCHS, "unseen_mean"]
     groups: dict[tuple[str, str, str], dict[str, dict[str, str]]] = {}
     meta: dict[tuple[str, str, str], tuple[set[str], set[str], set[str]]] = {}
