@@ -3,7 +3,7 @@
 The fixture (`tests/fixtures/env_test_sha256.json`) holds the sha256 of every file of the latest version of every
 versioned artifact under data/ (tensors, their sidecars, models, JSON, images, tables). Fields that differ between
 two clean runs of the same commit — wall-clock timings — are dropped from JSON before hashing (`VOLATILE`, found by
-diffing two clean runs). Lineage
+diffing two clean runs), and the report tables' timing columns are blanked (`VOLATILE_COLUMNS`). Lineage
 records, MLflow files and checkpoints are not artifacts and are not compared.
 
 Regenerate after an intended change of bytes (say which and why in the commit):
@@ -30,7 +30,50 @@ FIXTURE = PROJECT_ROOT / "tests" / "fixtures" / "env_test_sha256.json"
 VERSION = re.compile(r"^\d{4}-\d\d-\d\dT\d\d\.\d\d\.\d\d\.\d{3}Z$")
 # JSON keys whose values are wall-clock measurements: the only fields in which two clean runs of one commit differ
 # (checked by diffing every artifact file of two runs).
-VOLATILE = {"encode_invert_seconds", "images_per_second"}
+VOLATILE = {"encode_invert_seconds", "images_per_second", "cost"}
+# The report's cost columns (what each set took to make, from the lineage records): wall and CPU seconds and memory
+# peaks differ between runs; the set's bytes (`stored (KB)` / `bytes`) do not and stay compared.
+VOLATILE_COLUMNS = {"made in (s)", "CPU (s)", "peak RSS (MB)", "wall_s", "cpu_s", "peak_rss_mb"}
+CELL = re.compile(r"<t[hd][^>]*>.*?</t[hd]>", re.S)
+
+
+def _mask_columns(cells: list[str], header: list[str]) -> list[str]:
+    return ["" if i < len(header) and header[i] in VOLATILE_COLUMNS else c for i, c in enumerate(cells)]
+
+
+def _scrub_text(text: str, suffix: str) -> str:
+    """The report's tables with their timing columns blanked (markdown, HTML, CSV)."""
+    lines, header = text.split("\n"), None
+    out = []
+    for line in lines:
+        if suffix == ".csv":
+            cells = line.split(",")
+            header = header or cells
+            out.append(",".join(_mask_columns(cells, header)))
+        elif suffix == ".md" and line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            header = cells if header is None else header
+            out.append("|".join(_mask_columns(cells, header)))
+        elif suffix == ".md":
+            header = None
+            out.append(line)
+        else:
+            out.append(line)
+    text = "\n".join(out)
+    if suffix == ".html":
+        rows = re.split(r"(<tr[^>]*>.*?</tr>)", text, flags=re.S)
+        header = None
+        for i, row in enumerate(rows):
+            if not row.startswith("<tr"):
+                continue
+            cells = CELL.findall(row)
+            names = [re.sub(r"<[^>]+>", "", c).strip() for c in cells]
+            if "made in (s)" in names:
+                header = names
+            elif header is not None and len(cells) == len(header):
+                rows[i] = "".join(_mask_columns(cells, header))
+        text = "".join(rows)
+    return text
 
 
 def _scrub(value: Any) -> Any:
@@ -43,6 +86,8 @@ def _scrub(value: Any) -> Any:
 
 def file_digest(path: Path) -> str:
     data = path.read_bytes()
+    if path.parent.parent.parent.name == "report" and path.suffix in (".md", ".html", ".csv"):
+        data = _scrub_text(data.decode(), path.suffix).encode()
     if path.suffix == ".json":
         try:
             data = json.dumps(_scrub(json.loads(data)), sort_keys=True).encode()
