@@ -13,6 +13,7 @@ Regenerate after an intended change of bytes (say which and why in the commit):
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import re
@@ -47,7 +48,7 @@ def _scrub_text(text: str, suffix: str) -> str:
     out = []
     for line in lines:
         if suffix == ".csv":
-            cells = line.split(",")
+            cells = next(csv.reader([line]), [])  # quoted cells hold commas ("latent (LD3M, Eq. 12 as printed)")
             header = header or cells
             out.append(",".join(_mask_columns(cells, header)))
         elif suffix == ".md" and line.startswith("|"):
