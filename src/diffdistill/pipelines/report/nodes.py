@@ -108,20 +108,18 @@ COST_COLUMNS = {"made in (s)": "wall_s", "CPU (s)": "cpu_s", "peak RSS (MB)": "p
 def cost_cells(cost: dict[str, Any] | None) -> dict[str, Any]:
     """The cost columns of one set's rows: text cells and hidden `_<key>` numbers (NaN where unknown, e.g. the
     full-data bound, which distils nothing, or runs recorded before cost accounting)."""
+    cost = cost or {}
+    partial = bool(cost.get("nodes_without_cost"))  # a sum that misses nodes would under-state the time
     cells: dict[str, Any] = {}
     for label, key in COST_COLUMNS.items():
-        value = (cost or {}).get(key)
-        if value is not None and key in ("wall_s", "cpu_s") and (cost or {}).get("nodes_without_cost"):
-            value = None  # a sum that misses nodes would under-state the cost
-        number = float(value) if value is not None else float("nan")
-        cells[f"_{key}"] = number
-        if value is None:
-            cells[label] = "–"
-        elif key == "bytes":
-            cells[label] = f"{number / 1024:.1f}"
-        else:
-            cells[label] = f"{number:.0f}" if key == "peak_rss_mb" else f"{number:.1f}"
+        value = None if partial and key in ("wall_s", "cpu_s") else cost.get(key)
+        cells[f"_{key}"] = float("nan") if value is None else float(value)
+        cells[label] = "–" if value is None else CELL_FORMAT[key](float(value))
     return cells
+
+
+CELL_FORMAT = {"wall_s": "{:.1f}".format, "cpu_s": "{:.1f}".format, "peak_rss_mb": "{:.0f}".format,
+               "bytes": lambda n: f"{n / 1024:.1f}"}
 
 
 def _protocol_name(entry: dict[str, Any]) -> str:
