@@ -14,7 +14,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "diffdistill"
 LAYERS = [
-    {"rng", "config", "progress", "ddranking"},
+    {"rng", "config", "progress", "ddranking", "published"},
     {"data"},
     {"workdir", "nets", "augment", "diffusion"},
     {"prior"},

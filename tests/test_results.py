@@ -146,3 +146,26 @@ def test_the_readme_table_has_one_block_per_protocol_the_common_one_first(tmp_pa
     assert common.startswith("**Protocol `dc`** (2 sets)")
     assert "| random | 10 | dc |" in common and "| ld3m_dm_latent | 10 | dc |" in common
     assert "glad_reference" not in common and "| dc |" not in paper_block
+
+
+def test_collect_reads_the_dataset_folder_and_puts_the_paper_beside_the_matching_protocol_only(tmp_path):
+    """`collect --dataset cifar10` reads data/cifar10 (the environment's data_root); DC Table 1's random value
+    stands beside the row of DC's protocol (no augmentation, 300 epochs), never beside another protocol's."""
+    import json
+
+    from diffdistill.published import published_means
+
+    record = _record("random_ipc10")
+    record["rows"] = [r | {"protocol": "dc_reference_no_augment", "epochs": 300} for r in record["rows"]]
+    paper = [r | {"protocol": "glad_reference"} for r in record["rows"]]
+    record["paper_protocols"] = {"glad_reference": {"rows": paper}}
+    folder = tmp_path / "data/cifar10/08_reporting/evaluation/random_ipc10.json/2026-12-02T00.00.00.000Z"
+    folder.mkdir(parents=True)
+    (folder / "random_ipc10.json").write_text(json.dumps(record))
+    assert results.collect(tmp_path, data_root="data") == []  # the digits folder holds nothing
+    rows = results.collect(tmp_path, data_root=results.data_root_of("cifar10"), published=published_means("cifar10"))
+    published = {(r["protocol"], r["arch"]): r["published"] for r in rows}
+    assert published[("dc_reference_no_augment", "convnet")] == 26.0
+    assert published[("dc_reference_no_augment", "alexnet")] == ""  # DC Table 1 is ConvNet-only
+    assert published[("glad_reference", "convnet")] == ""
+    assert published_means("digits") == {}

@@ -2,7 +2,8 @@
 generated from those CSVs (never typed).
 
     python -m diffdistill.results collect --dataset digits [--project .]   # data/ -> results/digits.csv (rows of
-                                                                            # sets not measured here are kept)
+                                                                            # sets not measured here are kept;
+                                                                            # --dataset cifar10 reads data/cifar10)
     python -m diffdistill.results ddranking --dataset digits                # results/digits.csv -> DD-Ranking's
                                                                             # scores, results/digits_ddranking.csv
     python -m diffdistill.results cost --project . --out results/<name>_cost.csv   # what each distilled set cost
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from diffdistill import ddranking
+from diffdistill.published import published_means
 
 HEADER = ["set", "ipc", "arch", "protocol", "split", "mean", "std", "n", "epochs", "iterations", "published",
           "git_sha"]
@@ -53,9 +55,9 @@ def _latest(folder: Path) -> Path | None:
     return None
 
 
-def set_iterations(project: Path, set_name: str) -> int | None:
+def set_iterations(project: Path, set_name: str, data_root: str = "data") -> int | None:
     """Distillation iterations recorded in a distilled set's meta sidecar (None for sets that do not iterate)."""
-    path = _latest(project / "data/07_model_output" / set_name / "distilled_set.safetensors")
+    path = _latest(project / data_root / "07_model_output" / set_name / "distilled_set.safetensors")
     sidecar = None if path is None else path.with_name(path.name + ".json")
     if sidecar is None or not sidecar.is_file():
         return None
@@ -124,9 +126,17 @@ def lineage_sha(project: Path, version: str) -> str | None:
     return sha + ("+dirty" if data.get("git_dirty") and sha else "") or None
 
 
-def collect(project: Path, sets: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """Rows of every evaluated set (latest version of each `<set>.eval_results`) under `project`."""
-    folder = project / "data/08_reporting/evaluation"
+def data_root_of(dataset: str) -> str:
+    """The artifact folder of a dataset's Kedro environment (its conf/<env>/globals.yml `data_root`): `data` for
+    the digits environments, `data/<dataset>` for each other dataset."""
+    return "data" if dataset == "digits" else f"data/{dataset}"
+
+
+def collect(project: Path, sets: Iterable[str] | None = None, data_root: str = "data",
+            published: dict[tuple[str, int | None, str, str], float] | None = None) -> list[dict[str, Any]]:
+    """Rows of every evaluated set (latest version of each `<set>.eval_results`) under `project`/`data_root`,
+    with `published` ((set, ipc, arch, protocol) -> %, `diffdistill.published`) beside the rows it keys."""
+    folder = project / data_root / "08_reporting/evaluation"
     sha = git_sha(project)
     rows = []
     for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
@@ -139,8 +149,8 @@ def collect(project: Path, sets: Iterable[str] | None = None) -> list[dict[str, 
         result = json.loads(path.read_text())
         if result.get("status") != "done" or not result.get("rows"):
             continue
-        rows.extend(rows_of(result, iterations=set_iterations(project, name),
-                            git_sha=lineage_sha(project, path.parent.name) or sha))
+        rows.extend(rows_of(result, iterations=set_iterations(project, name, data_root),
+                            git_sha=lineage_sha(project, path.parent.name) or sha, published=published))
     return sort_rows(rows)
 
 
@@ -343,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--dataset", required=True)
     c.add_argument("--project", default=".")
     c.add_argument("--out", default=None)
+    c.add_argument("--data-root", default=None,
+                   help="the artifacts' folder in the project (default: the dataset's, data or data/<dataset>)")
     c.add_argument("--replace", action="store_true", help="drop the existing table's rows of sets not measured here")
     d = sub.add_parser("ddranking", help="results/<dataset>.csv -> DD-Ranking's scores, results/<dataset>_ddranking.csv")
     d.add_argument("--dataset", required=True)
@@ -358,7 +370,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "collect":
         project = Path(args.project)
-        rows = collect(project)
+        rows = collect(project, data_root=args.data_root or data_root_of(args.dataset),
+                       published=published_means(args.dataset))
         out = Path(args.out or project / "results" / f"{args.dataset}.csv")
         kept = keep_unmeasured(read_csv(out), rows) if out.is_file() and not args.replace else []
         write_csv(sort_rows(rows + kept), out)
