@@ -102,7 +102,8 @@ def test_cifar10_environment_reads_the_shared_jpeg_copy(shared_data: Path, tmp_p
     root = scratch_project(tmp_path)
     kedro(root, "run", "--pipelines", "preprocess", "--env", "cifar10",
           "--params", f"preprocess.root={shared_data / 'cifar10'},preprocess.max_per_class=20")
-    (version,) = versions(root, "data/03_primary/train_set.safetensors")
-    train = TensorBundleDataset(filepath=str(root / "data/03_primary/train_set.safetensors" / version
+    # conf/cifar10/globals.yml: this dataset's artifacts live in data/cifar10, apart from the digits'
+    (version,) = versions(root, "data/cifar10/03_primary/train_set.safetensors")
+    train = TensorBundleDataset(filepath=str(root / "data/cifar10/03_primary/train_set.safetensors" / version
                                              / "train_set.safetensors")).load()
     assert train.images.shape == (200, 3, 32, 32) and train.meta["class_names"][0] == "airplane"

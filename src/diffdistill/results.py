@@ -226,7 +226,8 @@ def _sets(count: int) -> str:
 
 
 def _protocol_table(rows: list[dict[str, str]]) -> str:
-    columns = [*ARCHS, "unseen_mean"]
+    measured = {row["arch"] for row in rows}  # a ConvNet-only calibration has no empty AlexNet ... columns
+    columns = [c for c in [*ARCHS, "unseen_mean"] if c in measured] + sorted(measured - {*ARCHS, "unseen_mean"})
     groups: dict[tuple[str, str, str], dict[str, dict[str, str]]] = {}
     meta: dict[tuple[str, str, str], tuple[set[str], set[str], set[str]]] = {}
     for row in rows:
