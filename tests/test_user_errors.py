@@ -108,6 +108,15 @@ def test_badly_typed_parameter_is_named(empty_project: Path) -> None:
 
 
 @pytest.mark.slow
+def test_missing_dataset_folder_says_what_to_install(empty_project: Path, tmp_path: Path) -> None:
+    message = refused(empty_project, "--pipelines", "preprocess", "--env", "fashion_mnist", "--params",
+                      f"preprocess.root={tmp_path / 'nowhere'}")
+    assert message == (f"data root '{tmp_path / 'nowhere'}' (preprocess.root) does not exist; install the Debian "
+                       "package dataset-fashion-mnist, or set root to a folder of the IDX files (given by --params "
+                       "preprocess.root)")
+
+
+@pytest.mark.slow
 def test_unknown_parameter_section_suggests_the_close_name(empty_project: Path) -> None:
     message = refused(empty_project, "--pipelines", "preprocess", "--env", "test", "--params", "prepocess.seed=1")
     assert message.startswith("--params prepocess: no parameter 'prepocess' in this environment; did you mean "
@@ -240,9 +249,12 @@ def test_every_shipped_environment_passes_the_checks(env: str, monkeypatch) -> N
     """The checks refuse nothing the project ships: every section of every environment builds."""
     from kedro.config import OmegaConfigLoader
 
+    from diffdistill.data import sources
     from diffdistill.pipelines.graph import set_run_environment
 
     monkeypatch.chdir(PROJECT_ROOT)
+    # Whether this machine holds each environment's dataset (ImageNet, Imagenette) is not the configuration's fault.
+    monkeypatch.setattr(sources, "check_root", lambda config: None)
     set_run_environment(env)
     try:
         params = OmegaConfigLoader(conf_source=str(PROJECT_ROOT / "conf"), base_env="base", default_run_env=env,

@@ -144,9 +144,9 @@ def refuse_unknown_sections(runtime_params: Mapping[str, Any], configured: Mappi
 
 
 def _check_preprocess(section: Any, params: Mapping[str, Any]) -> None:
-    from diffdistill.data.sources import SourceConfig
+    from diffdistill.data.sources import SourceConfig, check_root
 
-    SourceConfig.from_dict(section)
+    check_root(SourceConfig.from_dict(section))
 
 
 def _check_teacher(section: Any, params: Mapping[str, Any]) -> None:

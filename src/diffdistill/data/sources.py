@@ -209,8 +209,7 @@ def load_source(config: SourceConfig) -> tuple[TensorBundle, TensorBundle, dict[
         "image_folder": _read_image_folder,
         "imagenet_subset": _read_imagenet_subset,
     }
-    if config.source != "digits":
-        _check_root(config.resolved_root, ROOT_HINT.get(config.source, "set root to the data folder"))
+    check_root(config)
     raw = readers[config.source](config)
     counts = {
         "train": _class_counts(raw.train_labels, raw.class_names),
@@ -246,7 +245,12 @@ def load_source(config: SourceConfig) -> tuple[TensorBundle, TensorBundle, dict[
     return train, test, report
 
 
-def _check_root(root: Path, hint: str) -> None:
+def check_root(config: SourceConfig) -> None:
+    """The source's data folder exists and is not empty (scikit-learn ships the digits: nothing to check).
+    Also the command's up-front check (user_errors), so a missing dataset is one line before anything runs."""
+    if config.source == "digits":
+        return
+    root, hint = config.resolved_root, ROOT_HINT.get(config.source, "set root to the data folder")
     if not root.exists():
         raise ValueError(f"data root {str(root)!r} (preprocess.root) does not exist; {hint}")
     if root.is_dir() and not any(root.iterdir()):
