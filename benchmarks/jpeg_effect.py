@@ -25,6 +25,7 @@ from PIL import Image
 
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.data.sources import SourceConfig, load_source
+from diffdistill.distill.baselines import random_real_subset
 from diffdistill.evaluation import get_protocol, train_and_evaluate
 
 
@@ -47,18 +48,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def random_subset(bundle: TensorBundle, ipc: int, seed: int) -> torch.Tensor:
-    """Indices of `ipc` images per class drawn with a seeded generator (the same for both variants)."""
-    g = torch.Generator().manual_seed(seed)
-    labels = bundle["labels"]
-    picks = [torch.nonzero(labels == c).flatten()[torch.randperm(int((labels == c).sum()), generator=g)[:ipc]]
-             for c in range(bundle.num_classes)]
-    return torch.cat(picks)
-
-
-def with_images(bundle: TensorBundle, images: torch.Tensor, index: torch.Tensor | None = None) -> TensorBundle:
-    labels = bundle["labels"] if index is None else bundle["labels"][index]
-    return TensorBundle({"images": images if index is None else images[index], "labels": labels}, dict(bundle.meta))
+def with_images(bundle: TensorBundle, images: torch.Tensor) -> TensorBundle:
+    return TensorBundle({"images": images, "labels": bundle["labels"]}, dict(bundle.meta))
 
 
 def main() -> None:
@@ -86,7 +77,7 @@ def main() -> None:
     for name, (tr, te) in variants.items():
         accs = []
         for seed in args.seeds:
-            subset = with_images(tr, tr["images"], random_subset(tr, args.ipc, seed))
+            subset = random_real_subset(tr, args.ipc, seed)  # drawn from the labels only: the same images in both
             accs.append(100 * train_and_evaluate(subset, te, arch="convnet", protocol=protocol, seed=seed)["test_accuracy"])
         print(f"{name:>10}: random IPC {args.ipc}, {args.epochs} epochs, seeds {args.seeds}: "
               f"{statistics.fmean(accs):.2f} ± {statistics.pstdev(accs):.2f} ({', '.join(f'{a:.1f}' for a in accs)})")
