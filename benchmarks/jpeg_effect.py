@@ -8,7 +8,7 @@ variants train ConvNet-3 under the calibration protocol (`dc_reference_no_augmen
 IPC-`--ipc` subset (the same indices in both) for `--epochs` epochs, and the full-data bound for
 `--full-epochs`. Prints the PSNR of the re-encoding and both accuracies; the difference is the compression's.
 
-    python benchmarks/jpeg_effect.py                                  # ~25 min on one core
+    python benchmarks/jpeg_effect.py                                  # ~45 min on one core (2026-12-03)
     python benchmarks/jpeg_effect.py --full-epochs 0 --seeds 0 1 2    # the random subset only
 """
 
