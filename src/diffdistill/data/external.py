@@ -24,11 +24,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import pickle
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from pickle import UnpicklingError  # only the error torch.load(weights_only=True) raises; nothing is unpickled
 from typing import Any
 
 import numpy as np
@@ -166,7 +166,7 @@ def _load_weights_only(path: Path, payload: bytes) -> Any:
     """torch.load with weights_only=True: tensors and plain containers only, no code from the file runs."""
     try:
         return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         what = f"it needs pickle to rebuild {found.group(1)}" if found else "it is not plain tensors"
         raise ExternalSetError(f"{path} cannot be read with torch.load(weights_only=True): {what}, and pickled "
