@@ -197,7 +197,7 @@ def test_prior_score_node(split3, teacher3, prior3, data) -> None:
 @NODE
 @given(source=st.one_of(st.text(max_size=8), st.none(), st.integers()))
 def test_prior_build_node_unknown_source(split3, source) -> None:
-    if source in ("train", "fine_tune", "dit_folder", "components"):
+    if source in ("train", "train_denoiser", "fine_tune", "dit_folder", "components"):
         return
     assert_clear_error(lambda: build_prior(split3[0], {"source": source}, "cpu"), "source",
                        case="prior.build_prior/unknown source")
@@ -208,6 +208,9 @@ def test_prior_build_node_unknown_source(split3, source) -> None:
     ("dit_folder", {"dit_folder": "/nonexistent/dit"}, "/nonexistent/dit"),
     ("components", {"components": {"vae": None, "denoiser": None}}, "vae"),
     ("components", {"components": {"vae": "/nonexistent/vae", "denoiser": "/nonexistent/unet"}}, "/nonexistent/vae"),
+    ("train_denoiser", {"components": {"vae": None}}, "vae"),
+    ("train_denoiser", {"components": {"vae": "/nonexistent/vae"}}, "/nonexistent/vae"),
+    ("train", {"native_size": 64}, "native_size"),
     ("train", {"train": {"denoiser_train": {"steps": "ten"}}}, "steps"),
     ("train", {"train": {"autoencodr": {}}}, "autoencodr"),
 ])

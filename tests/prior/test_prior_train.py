@@ -19,6 +19,7 @@ from diffdistill.prior import (
     train_prior,
 )
 from diffdistill.prior.train import init_weights_
+from tests.prior.tiny import tiny_vae
 
 
 def tiny_config(**overrides) -> PriorTrainConfig:
@@ -94,6 +95,24 @@ def test_checkpoint_of_other_settings_is_refused(tmp_path) -> None:
         train_prior(images, labels, tiny_config(seed=1), checkpoint_dir=tmp_path)
 
 
+def test_a_constant_rate_run_trains_on_from_a_shorter_one(tmp_path) -> None:
+    images, labels = tiny_data()
+    constant = {"denoiser_train": DenoiserTrainConfig(steps=6, batch_size=8, warmup_steps=2)}
+    straight = state_of(train_prior(images, labels, tiny_config(**constant)))
+    short = tiny_config(denoiser_train=DenoiserTrainConfig(steps=3, batch_size=8, warmup_steps=2))
+    train_prior(images, labels, short, checkpoint_dir=tmp_path)
+    longer = state_of(train_prior(images, labels, tiny_config(**constant), checkpoint_dir=tmp_path))
+    assert all(torch.equal(straight[k], longer[k]) for k in straight)
+    with pytest.raises(ValueError, match="past the 3 asked"):
+        train_prior(images, labels, short, checkpoint_dir=tmp_path)
+    # under a cosine schedule the budget shapes every step: a checkpoint of another budget is refused
+    cosine = tmp_path / "cosine"
+    train_prior(images, labels, tiny_config(), checkpoint_dir=cosine)
+    with pytest.raises(ValueError, match="fresh checkpoint_dir"):
+        train_prior(images, labels, tiny_config(denoiser_train=DenoiserTrainConfig(
+            steps=8, batch_size=8, warmup_steps=2, lr_schedule="cosine")), checkpoint_dir=cosine)
+
+
 def test_same_seed_same_bytes_other_seed_differs() -> None:
     images, labels = tiny_data()
     a, b = (state_of(train_prior(images, labels, tiny_config())) for _ in range(2))
@@ -128,6 +147,31 @@ def test_fine_tune_updates_denoiser_and_table_only() -> None:
         train_prior(images, labels, tiny_config(mode="fine_tune"))
     with pytest.raises(ValueError, match="classes"):
         train_prior(images, labels, tiny_config(mode="fine_tune"), prior=prior, num_classes=5)
+
+
+@pytest.mark.parametrize("native_size", [None, 16])
+def test_a_pretrained_vae_stays_frozen_and_only_the_denoiser_learns(native_size) -> None:
+    images, labels = tiny_data()  # 8 px, 1 channel
+    vae = tiny_vae("tiny")  # AutoencoderTiny, factor 2
+    weights = {k: v.clone() for k, v in vae.state_dict().items()}
+    prior = train_prior(images, labels, tiny_config(), vae=vae, native_size=native_size, num_classes=3)
+    assert prior.vae is vae and all(torch.equal(weights[k], v) for k, v in vae.state_dict().items())
+    native = native_size or 8
+    assert (prior.image_size, prior.data_size, prior.latent_shape) == (native, 8, (2, native // 2, native // 2))
+    latents = encode_dataset(prior, images).double()  # standardised as the prior encodes (resized when native 16)
+    assert float(latents.mean()) == pytest.approx(0.0, abs=1e-5)
+    assert float(latents.pow(2).mean().sqrt()) == pytest.approx(1.0, abs=1e-5)
+    assert prior.decode(latents[:2].float()).shape == (2, 1, 8, 8)
+    fresh = train_prior(images, labels, tiny_config(), vae=tiny_vae("tiny"), native_size=native_size, num_classes=3)
+    assert all(torch.equal(a, b) for a, b in zip(state_of(prior).values(), state_of(fresh).values()))
+
+
+def test_native_size_needs_a_pretrained_vae_that_divides_it() -> None:
+    images, labels = tiny_data()
+    with pytest.raises(ValueError, match="native_size applies to a pretrained"):
+        train_prior(images, labels, tiny_config(), native_size=16)
+    with pytest.raises(ValueError, match="multiple"):
+        train_prior(images, labels, tiny_config(), vae=tiny_vae("tiny"), native_size=9)
 
 
 def test_config_from_nested_dict_and_validation() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from diffdistill.config import ConfigError, build, option
 
 MODES = ("train", "fine_tune")
-SOURCES = ("train", "fine_tune", "dit_folder", "components")
+SOURCES = ("train", "train_denoiser", "fine_tune", "dit_folder", "components")
 
 
 @dataclass
@@ -134,6 +134,8 @@ class PriorConfig:
     """`prior`: where the prior comes from (`source`), how it is trained (`train`) and judged (`quality`)."""
 
     source: str = option(choices=SOURCES)
+    # train_denoiser: the side the frozen VAE runs at (data resized to it and back); None = the data's own
+    native_size: int | None = option(None, min=1)
     dit_folder: str | None = None
     components: ComponentsConfig = field(default_factory=ComponentsConfig)
     imagenet_subset: str | None = None  # maps a 10-class ImageNet subset's labels to the prior's class ids
@@ -147,10 +149,16 @@ class PriorConfig:
         if self.source == "components" and not (self.components.vae and self.components.denoiser):
             raise ConfigError(f"{path}.source is components: set {path}.components.vae and "
                               f"{path}.components.denoiser to local folders")
+        if self.source == "train_denoiser" and not self.components.vae:
+            raise ConfigError(f"{path}.source is train_denoiser: set {path}.components.vae to a local VAE folder "
+                              "(frozen; only the denoiser is trained here)")
+        if self.native_size is not None and self.source != "train_denoiser":
+            raise ConfigError(f"{path}.native_size applies to source train_denoiser only (a pretrained prior runs "
+                              "at its own size); remove it")
         if self.source == "fine_tune" and not (self.dit_folder or (self.components.vae and self.components.denoiser)):
             raise ConfigError(f"{path}.source is fine_tune: set {path}.dit_folder (or {path}.components) to the "
                               "prior to continue")
 
     def train_config(self, device: str) -> PriorTrainConfig:
-        mode = "train" if self.source == "train" else "fine_tune"
+        mode = "fine_tune" if self.source == "fine_tune" else "train"
         return PriorTrainConfig.from_dict({**self.train, "mode": mode, "device": device})

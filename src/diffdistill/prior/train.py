@@ -30,7 +30,7 @@ from torch import nn
 
 from diffdistill.data.bundle import from_signed
 from diffdistill.diffusion.ddim import ddim_sample
-from diffdistill.prior.adapter import LatentPrior, psnr_signed
+from diffdistill.prior.adapter import LatentPrior, psnr_signed, vae_downsampling_factor, vae_latent_channels
 from diffdistill.prior.config import (
     AutoencoderConfig,
     DenoiserConfig,
@@ -171,12 +171,26 @@ class Phase:
             params[name].copy_(value)
 
 
+def _resume_settings(train: Any) -> dict[str, Any]:
+    """The settings a checkpoint must share to be resumed. The step budget is not one under a constant learning
+    rate (nothing else depends on it: going on from a run of N steps is the run asked for more), nor is the
+    wall-clock cap; under a cosine schedule the budget shapes every step, so it is."""
+    values = asdict(train)
+    values.pop("max_seconds", None)
+    if getattr(train, "lr_schedule", "constant") == "constant":
+        values.pop("steps")
+    return values
+
+
 def run_phase(phase: Phase, *, checkpoint_dir: str | Path | None, checkpoint_every: int,
               log_every: int, on_step: OnStep | None) -> int:
     """Run (or resume) `phase` to its last step; returns the number of steps done."""
     work = WorkDir(checkpoint_dir) if checkpoint_dir is not None else None
     saved = work.load_torch(phase.name) if work is not None else None
     step = phase.load(saved) if saved is not None else 0
+    if step > phase.total_steps:
+        raise ValueError(f"the checkpoint of phase {phase.name!r} in {checkpoint_dir} is {step} steps in, past the "
+                         f"{phase.total_steps} asked; ask for at least {step} steps or use a fresh checkpoint_dir")
     phase.module.train()
     started = time.monotonic()
     with Progress(f"prior {phase.name}", phase.total_steps, done=step) as bar:
@@ -232,7 +246,7 @@ def train_autoencoder(images: torch.Tensor, config: PriorTrainConfig, *, checkpo
         return {"loss": loss.item(), "mse": mse.item(), "kl_per_dim": kl.item()}
 
     phase = Phase("autoencoder", vae, optimizer, generator, train.steps, step_fn,
-                  fingerprint([asdict(config.autoencoder), asdict(train), config.seed, _data_signature(images)]),
+                  fingerprint([asdict(config.autoencoder), _resume_settings(train), config.seed, _data_signature(images)]),
                   max_seconds=train.max_seconds)
     run_phase(phase, checkpoint_dir=checkpoint_dir, checkpoint_every=config.checkpoint_every,
               log_every=config.log_every, on_step=on_step)
@@ -254,25 +268,30 @@ def encode_dataset(prior_or_vae: LatentPrior | AutoencoderKL, images: torch.Tens
     return torch.cat(chunks)
 
 
-def standardise_latents(vae: AutoencoderKL, images: torch.Tensor, center: bool) -> None:
-    """Set the VAE's shift/scaling factors from data: shift = mean, scale = 1/std of the latents."""
-    latents = encode_dataset(vae, images).double()
+def standardise_latents(vae_or_prior: AutoencoderKL | LatentPrior, images: torch.Tensor, center: bool) -> None:
+    """Set the VAE's shift/scaling factors from data: shift = mean, scale = 1/std of the latents. Given a
+    `LatentPrior`, the latents are its encoder's (resized to a pretrained VAE's native size, as it will run)."""
+    vae = vae_or_prior.vae if isinstance(vae_or_prior, LatentPrior) else vae_or_prior
+    vae.register_to_config(scaling_factor=1.0, shift_factor=0.0)  # measure the raw latents
+    latents = encode_dataset(vae_or_prior, images).double()
     shift = float(latents.mean()) if center else 0.0
     std = float((latents - shift).pow(2).mean().sqrt()) if center else float(latents.std())
     vae.register_to_config(scaling_factor=1.0 / std, shift_factor=shift)
 
 
 def train_denoiser(prior: LatentPrior, images: torch.Tensor, labels: torch.Tensor, config: PriorTrainConfig, *,
-                   checkpoint_dir: str | Path | None = None, on_step: OnStep | None = None) -> LatentPrior:
+                   checkpoint_dir: str | Path | None = None, on_step: OnStep | None = None,
+                   latents: torch.Tensor | None = None) -> LatentPrior:
     """Phase 2 (and fine-tuning): the prior's denoiser + label table on its own latents of `images`.
 
-    eps-MSE at uniform timesteps, label dropout to the null row, EMA weights copied in at the end.
+    eps-MSE at uniform timesteps, label dropout to the null row, EMA weights copied in at the end. `latents`:
+    `encode_dataset(prior, images)` when already computed (a study that trains on in stages).
     """
     device = torch.device(config.device)
     prior.to(device)
     train = config.denoiser_train
     generator = torch.Generator().manual_seed(config.seed + 1)
-    latents = encode_dataset(prior, images).to(device)
+    latents = (encode_dataset(prior, images) if latents is None else latents).to(device)
     rows = prior.class_ids.to(device)[labels.to(device)]
     null_row = prior.label_table.num_embeddings - 1
     alphas = prior.alphas_cumprod.to(device)
@@ -299,7 +318,7 @@ def train_denoiser(prior: LatentPrior, images: torch.Tensor, labels: torch.Tenso
         return {"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}
 
     phase = Phase("denoiser", module, optimizer, generator, train.steps, step_fn,
-                  fingerprint([config.mode, asdict(config.denoiser), asdict(train), config.seed,
+                  fingerprint([config.mode, asdict(config.denoiser), _resume_settings(train), config.seed,
                                _data_signature(latents), _data_signature(labels)]),
                   ema_decay=train.ema_decay, max_seconds=train.max_seconds)
     run_phase(phase, checkpoint_dir=checkpoint_dir, checkpoint_every=config.checkpoint_every,
@@ -325,9 +344,14 @@ def _check_training_data(images: torch.Tensor, labels: torch.Tensor) -> None:
 
 def train_prior(images: torch.Tensor, labels: torch.Tensor, config: PriorTrainConfig | None = None, *,
                 num_classes: int | None = None, class_names: list[str] | None = None,
-                prior: LatentPrior | None = None, checkpoint_dir: str | Path | None = None,
-                on_step: OnStep | None = None) -> LatentPrior:
-    """The prior phase: `mode="train"` trains VAE + denoiser from scratch; `"fine_tune"` continues `prior`."""
+                prior: LatentPrior | None = None, vae: nn.Module | None = None, native_size: int | None = None,
+                checkpoint_dir: str | Path | None = None, on_step: OnStep | None = None) -> LatentPrior:
+    """The prior phase: `mode="train"` trains VAE + denoiser from scratch; `"fine_tune"` continues `prior`.
+
+    `vae` (mode "train"): a pretrained autoencoder (e.g. TAEF2), kept frozen; only the denoiser and the label
+    table are trained, on its latents standardised from the data. `native_size`: the side it runs at (the data
+    is resized to it and back, as for any pretrained prior); None = the data's own side.
+    """
     config = config or PriorTrainConfig()
     PriorTrainConfig.from_dict(config.to_dict())  # a config built in code obeys the same checks
     _check_training_data(images, labels)
@@ -341,15 +365,29 @@ def train_prior(images: torch.Tensor, labels: torch.Tensor, config: PriorTrainCo
     num_classes = int(num_classes if num_classes is not None else int(labels.max()) + 1)
     if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
         raise ValueError(f"labels must lie in 0..{num_classes - 1}")
-    vae = train_autoencoder(images, config, checkpoint_dir=checkpoint_dir, on_step=on_step)
-    standardise_latents(vae, images, config.center_latents)
+    pretrained, data_size = vae is not None, None
+    if not pretrained:
+        if native_size is not None:
+            raise ValueError("native_size applies to a pretrained autoencoder (vae=); a VAE trained here runs at "
+                             "the data's size")
+        vae = train_autoencoder(images, config, checkpoint_dir=checkpoint_dir, on_step=on_step)
+        standardise_latents(vae, images, config.center_latents)
+        latent_size = images.shape[-1] // 2 ** (len(config.autoencoder.block_out_channels) - 1)
+    else:
+        vae.requires_grad_(False).eval()
+        size, factor = native_size or int(images.shape[-1]), vae_downsampling_factor(vae)
+        if size % factor:
+            raise ValueError(f"the pretrained VAE downsamples by {factor}; its native size {size} must be a "
+                             f"multiple of it (set prior.native_size)")
+        latent_size, data_size = size // factor, int(images.shape[-1])
     generator = torch.Generator().manual_seed(config.seed + 2)
-    latent_size = images.shape[-1] // 2 ** (len(config.autoencoder.block_out_channels) - 1)
-    unet = build_denoiser(config.denoiser, config.autoencoder.latent_channels, latent_size, generator)
+    unet = build_denoiser(config.denoiser, vae_latent_channels(vae), latent_size, generator)
     table = torch.randn(num_classes + 1, unet.time_embedding.linear_1.out_features, generator=generator)
     schedule = dict(asdict(config.schedule), prediction_type="epsilon")
     new_prior = LatentPrior(vae, unet, schedule, label_table=table, class_names=class_names,
-                            default_guidance=config.default_guidance)
+                            default_guidance=config.default_guidance, data_size=data_size)
+    if pretrained:
+        standardise_latents(new_prior, images, config.center_latents)
     return train_denoiser(new_prior, images, labels, config, checkpoint_dir=checkpoint_dir, on_step=on_step)
 
 

@@ -41,7 +41,8 @@ def _load_pretrained(config: PriorConfig, train_set: TensorBundle, device: str) 
 
 
 def build_prior(train_set: TensorBundle, params: dict[str, Any], device: str) -> tuple[PriorModel, dict[str, Any]]:
-    """Train the prior here (`train`), continue a local one (`fine_tune`), or load a local folder as is."""
+    """Train the prior here (`train`), its denoiser only on a frozen local VAE (`train_denoiser`), continue a
+    local one (`fine_tune`), or load a local folder as is."""
     from diffdistill.prior import train_prior
     from diffdistill.prior.config import PriorConfig
 
@@ -50,7 +51,13 @@ def build_prior(train_set: TensorBundle, params: dict[str, Any], device: str) ->
         return _load_pretrained(config, train_set, device), {}
     train = config.train_config(device)
     images = to_signed(to_unit(train_set["images"]))
-    work = WorkDir.keyed("prior", train.to_dict(), split_fingerprint(train_set))
+    frozen_vae, key = None, [train.to_dict(), split_fingerprint(train_set)]
+    if config.source == "train_denoiser":  # a local pretrained VAE, frozen; only the denoiser is trained here
+        from diffdistill.prior import load_vae
+
+        frozen_vae = load_vae(config.components.vae).to(device)
+        key += [module_fingerprint(frozen_vae), config.native_size]
+    work = WorkDir.keyed("prior", *key)
     history: dict[str, list[float]] = {}
 
     def on_step(step: int, metrics: dict[str, float]) -> None:  # the MLflow history; progress is the core's
@@ -61,7 +68,7 @@ def build_prior(train_set: TensorBundle, params: dict[str, Any], device: str) ->
     prior = train_prior(images, train_set["labels"], train, num_classes=train_set.num_classes,
                         class_names=train_set.class_names,
                         prior=_load_pretrained(config, train_set, device) if config.source == "fine_tune" else None,
-                        checkpoint_dir=work.path, on_step=on_step)
+                        vae=frozen_vae, native_size=config.native_size, checkpoint_dir=work.path, on_step=on_step)
     history["train_seconds"] = [time.perf_counter() - start]
     work.clear()  # finished: the artifact is the prior itself
     return prior, as_mlflow_history(history)
