@@ -16,6 +16,7 @@ evaluated as their code does: with DSA augmentation (`dc_reference`). Rows are J
 
     python studies/pixel_curves.py --project . --env cifar10 --method dm --ipc 1 --iterations 0 50 100 200 \\
         --out studies/results/pixel_curves.jsonl
+    python studies/pixel_curves.py --report --out studies/results/pixel_curves.jsonl --plot curves.png
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ from diffdistill.distill.ld3m import distill_ld3m
 from diffdistill.evaluation import get_protocol, train_and_evaluate
 from diffdistill.pipelines.artifacts import real_split_meta
 from diffdistill.pipelines.ld3m.params import ld3m_config
+from diffdistill.published import published_values
 
+# The papers' ConvNet-3 rows (DSA / DM / MTT from diffdistill.published; DC's Table 2, no DSA) and iterations.
+DC_TABLE = {"cifar10": {1: 28.3, 10: 44.9}, "fashion_mnist": {1: 70.5, 10: 82.3}}
+PAPER_SETS = {"dsa": "ld3m_dc_pixel", "dm": "ld3m_dm_pixel", "mtt": "ld3m_mtt_pixel"}
+PAPER_ITERATIONS = {"dc": 1000, "dsa": 1000, "dm": 20000, "mtt": 5000}
 # method -> (objective, dsa_strategy, the paper's evaluation protocol)
 METHODS = {
     "dc": ("dc", "none", "dc_reference_no_augment"),
@@ -53,16 +59,77 @@ def load_split(project: Path, data_root: str, folder: str, name: str) -> TensorB
                                version=Version(None, None)).load()
 
 
+def published(env: str, method: str, ipc: int) -> float | None:
+    if method == "dc":
+        return DC_TABLE.get(env, {}).get(ipc)
+    value = published_values(env).get((PAPER_SETS[method], ipc, "convnet", METHODS[method][2]))
+    return None if value is None else value[0]
+
+
+def report(rows: list[dict], plot: Path | None) -> None:
+    """The curves as a markdown table (one row per environment, method and IPC) and, with `plot`, a figure."""
+    curves: dict[tuple[str, str, int], list[dict]] = {}
+    for row in rows:
+        curves.setdefault((row["env"], row["method"], row["ipc"]), []).append(row)
+    print("| dataset | method | IPC | accuracy at iterations (ConvNet-3, mean ± std over seeds) | paper "
+          "(iterations) | protocol, epochs |")
+    print("|---|---|---|---|---|---|")
+    for (env, method, ipc), points in sorted(curves.items()):
+        points.sort(key=lambda r: r["iterations"])
+        trend = ", ".join(f"{r['iterations']}: {r['mean']:.1f} ± {r['std']:.1f}" for r in points)
+        paper = published(env, method, ipc)
+        paper_text = "–" if paper is None else f"{paper:.1f} ({PAPER_ITERATIONS[method]:,})"
+        print(f"| {env} | {method.upper()} | {ipc} | {trend} | {paper_text} | {points[0]['protocol']}, "
+              f"{points[0]['epochs']} |")
+    if plot is None:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = sorted({env for env, _, _ in curves})
+    figure, axes = plt.subplots(1, len(envs), figsize=(5.5 * len(envs), 4), squeeze=False)
+    for axis, env in zip(axes[0], envs, strict=True):
+        for index, ((_, method, ipc), points) in enumerate(sorted(k for k in curves.items() if k[0][0] == env)):
+            colour = f"C{index}"
+            x = [max(r["iterations"], 1) for r in points]  # iteration 0 (the init) drawn at 1 on the log axis
+            axis.errorbar(x, [r["mean"] for r in points], yerr=[r["std"] for r in points], marker="o",
+                          color=colour, capsize=3, label=f"{method.upper()} IPC {ipc}")
+            paper = published(env, method, ipc)
+            if paper is not None:
+                axis.axhline(paper, color=colour, linestyle="--", linewidth=1)
+                axis.annotate(f"paper, {PAPER_ITERATIONS[method]:,} it.", (x[0], paper), color=colour,
+                              fontsize=7, va="bottom")
+        axis.set_xscale("log")
+        axis.set_xlabel("distillation iterations (0 = real init, drawn at 1)")
+        axis.set_ylabel("test accuracy %, ConvNet-3 (own protocol, 300 epochs)")
+        axis.set_title(env)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(plot, dpi=120)
+    print(f"wrote {plot}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--report", action="store_true", help="only print the table of --out (and --plot it)")
+    parser.add_argument("--plot", type=Path, default=None, help="with --report: write the curves as a PNG")
     parser.add_argument("--project", type=Path, default=Path("."))
-    parser.add_argument("--env", required=True)
-    parser.add_argument("--method", choices=sorted(METHODS), required=True)
-    parser.add_argument("--ipc", type=int, required=True)
-    parser.add_argument("--iterations", type=int, nargs="+", required=True, help="checkpoint counts, ascending")
+    parser.add_argument("--env")
+    parser.add_argument("--method", choices=sorted(METHODS))
+    parser.add_argument("--ipc", type=int)
+    parser.add_argument("--iterations", type=int, nargs="+", help="checkpoint counts, ascending")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds per point")
     parser.add_argument("--out", type=Path, required=True, help="JSON lines, one per point; resumes")
     args = parser.parse_args()
+    if args.report:
+        report([json.loads(line) for line in args.out.read_text().splitlines()], args.plot)
+        return
+    missing = [f"--{name}" for name in ("env", "method", "ipc", "iterations") if getattr(args, name) is None]
+    if missing:
+        parser.error(f"a run needs {', '.join(missing)} (or --report)")
     if args.iterations != sorted(set(args.iterations)):
         parser.error(f"--iterations must be ascending and distinct, got {args.iterations}")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
