@@ -18,7 +18,7 @@ from diffdistill.prior import (
     reconstruction_psnr,
     train_prior,
 )
-from diffdistill.prior.train import init_weights_
+from diffdistill.prior.train import init_weights_, standardise_latents
 from tests.prior.tiny import tiny_vae
 
 
@@ -159,6 +159,10 @@ def test_a_pretrained_vae_stays_frozen_and_only_the_denoiser_learns(native_size)
     native = native_size or 8
     assert (prior.image_size, prior.data_size, prior.latent_shape) == (native, 8, (2, native // 2, native // 2))
     latents = encode_dataset(prior, images).double()  # standardised as the prior encodes (resized when native 16)
+    again = tiny_vae("tiny")
+    probe = train_prior(images, labels, tiny_config(denoiser_train=DenoiserTrainConfig(steps=0)), vae=again,
+                        native_size=native_size, num_classes=3)
+    assert torch.equal(standardise_latents(probe, images, True), encode_dataset(probe, images))  # what it trains on
     assert float(latents.mean()) == pytest.approx(0.0, abs=1e-5)
     assert float(latents.pow(2).mean().sqrt()) == pytest.approx(1.0, abs=1e-5)
     assert prior.decode(latents[:2].float()).shape == (2, 1, 8, 8)

@@ -268,15 +268,19 @@ def encode_dataset(prior_or_vae: LatentPrior | AutoencoderKL, images: torch.Tens
     return torch.cat(chunks)
 
 
-def standardise_latents(vae_or_prior: AutoencoderKL | LatentPrior, images: torch.Tensor, center: bool) -> None:
+def standardise_latents(vae_or_prior: AutoencoderKL | LatentPrior, images: torch.Tensor,
+                        center: bool) -> torch.Tensor:
     """Set the VAE's shift/scaling factors from data: shift = mean, scale = 1/std of the latents. Given a
-    `LatentPrior`, the latents are its encoder's (resized to a pretrained VAE's native size, as it will run)."""
+    `LatentPrior`, the latents are its encoder's (resized to a pretrained VAE's native size, as it will run).
+    Returns the standardised latents, the bytes `encode_dataset` gives from now on (one pass over the data)."""
     vae = vae_or_prior.vae if isinstance(vae_or_prior, LatentPrior) else vae_or_prior
     vae.register_to_config(scaling_factor=1.0, shift_factor=0.0)  # measure the raw latents
-    latents = encode_dataset(vae_or_prior, images).double()
+    raw = encode_dataset(vae_or_prior, images)
+    latents = raw.double()
     shift = float(latents.mean()) if center else 0.0
     std = float((latents - shift).pow(2).mean().sqrt()) if center else float(latents.std())
     vae.register_to_config(scaling_factor=1.0 / std, shift_factor=shift)
+    return (raw - shift) * float(vae.config.scaling_factor)  # LatentPrior.encode's arithmetic
 
 
 def train_denoiser(prior: LatentPrior, images: torch.Tensor, labels: torch.Tensor, config: PriorTrainConfig, *,
@@ -386,9 +390,9 @@ def train_prior(images: torch.Tensor, labels: torch.Tensor, config: PriorTrainCo
     schedule = dict(asdict(config.schedule), prediction_type="epsilon")
     new_prior = LatentPrior(vae, unet, schedule, label_table=table, class_names=class_names,
                             default_guidance=config.default_guidance, data_size=data_size)
-    if pretrained:
-        standardise_latents(new_prior, images, config.center_latents)
-    return train_denoiser(new_prior, images, labels, config, checkpoint_dir=checkpoint_dir, on_step=on_step)
+    latents = standardise_latents(new_prior, images, config.center_latents) if pretrained else None
+    return train_denoiser(new_prior, images, labels, config, checkpoint_dir=checkpoint_dir, on_step=on_step,
+                          latents=latents)
 
 
 # --------------------------------------------------------------------------- quality
