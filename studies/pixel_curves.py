@@ -97,13 +97,14 @@ def report(rows: list[dict], plot: Path | None) -> None:
             axis.errorbar(x, [r["mean"] for r in points], yerr=[r["std"] for r in points], marker="o",
                           color=colour, capsize=3, label=f"{method.upper()} IPC {ipc}")
             paper = published(env, method, ipc)
-            if paper is not None:
-                axis.axhline(paper, color=colour, linestyle="--", linewidth=1)
-                axis.annotate(f"paper, {PAPER_ITERATIONS[method]:,} it.", (x[0], paper), color=colour,
-                              fontsize=7, va="bottom")
+            if paper is not None:  # the paper's value at its own iteration count, joined to our last point
+                axis.plot([x[-1], PAPER_ITERATIONS[method]], [points[-1]["mean"], paper], color=colour,
+                          linestyle=":", linewidth=1)
+                axis.plot([PAPER_ITERATIONS[method]], [paper], marker="*", markersize=11, color=colour,
+                          linestyle="none", label=f"{method.upper()} IPC {ipc}, paper")
         axis.set_xscale("log")
         axis.set_xlabel("distillation iterations (0 = real init, drawn at 1)")
-        axis.set_ylabel("test accuracy %, ConvNet-3 (own protocol, 300 epochs)")
+        axis.set_ylabel("test accuracy % (ConvNet-3, own protocol)")
         axis.set_title(env)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
