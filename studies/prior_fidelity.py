@@ -9,7 +9,7 @@ EMA weights into the finished prior (same VAE, schedule and latent standardisati
 phase's quality node does: the environment's teacher classifies `samples_per_class` class-conditional samples
 per class (DDIM from pure noise, `num_steps` steps); no real image is read, so no split is chosen on.
 
-    python studies/prior_fidelity.py --project . --env cifar10 --checkpoints snaps/*.pt --guidance 1 2 3 5 \\
+    python studies/prior_fidelity.py --project . --env cifar10 --checkpoints snaps/*.pt --final --guidance 1 3 5 \\
         --out studies/results/prior_fidelity.jsonl
 """
 
@@ -35,8 +35,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", type=Path, default=Path("."))
     parser.add_argument("--env", required=True)
-    parser.add_argument("--checkpoints", type=Path, nargs="+", required=True, help="denoiser.pt files of one run")
+    parser.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="denoiser.pt files of one run")
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
+    parser.add_argument("--steps", type=int, nargs="*", default=None, help="score only checkpoints at these steps")
+    parser.add_argument("--final", action="store_true", help="also score the finished prior itself (its last step: "
+                        "the phase deletes its checkpoints when it finishes)")
     parser.add_argument("--out", type=Path, required=True, help="JSON lines, one per (step, guidance); resumes")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -46,7 +49,8 @@ def main() -> None:
     models = args.project / globals_["data_root"] / "06_models"
     prior = DiffusersFolderDataset(filepath=str(models / "prior_model"), model_class="diffdistill.prior.LatentPrior",
                                    version=Version(None, None)).load()
-    assert isinstance(prior, LatentPrior)
+    if not isinstance(prior, LatentPrior):
+        raise SystemExit(f"{models / 'prior_model'} does not hold a LatentPrior; run the prior phase first")
     teacher = TensorBundleDataset(filepath=str(models / "teacher_model.safetensors"), version=Version(None, None)).load()
     judge = classifier_from_bundle(teacher, "cpu")
     final = {name: tensor.clone() for name, tensor in prior.state_dict().items()}
@@ -54,14 +58,21 @@ def main() -> None:
     if args.out.exists():
         done = {(r["step"], r["guidance"]) for r in map(json.loads, args.out.read_text().splitlines())
                 if r["env"] == args.env}
-    checkpoints = sorted(((torch.load(path, map_location="cpu", weights_only=True), path) for path in args.checkpoints),
-                         key=lambda item: item[0]["step"])
-    for state, path in checkpoints:
+    steps = params["prior"]["train"]["denoiser_train"]["steps"]
+    sources = [*args.checkpoints, *(["final"] if args.final else [])]
+    for path in sources:  # one checkpoint in memory at a time (each holds weights, EMA and optimizer)
         prior.load_state_dict(final)
-        with torch.no_grad():  # the EMA of the denoiser + label table (the ModuleDict the phase trains)
-            parameters = dict(prior.named_parameters())
-            for name, value in state["ema"].items():
-                parameters[name].copy_(value)
+        if path == "final":  # the saved prior carries the EMA weights of its last step
+            state = {"step": steps}
+            path = models / "prior_model"
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if args.steps is not None and state["step"] not in args.steps:
+                continue
+            with torch.no_grad():  # the EMA of the denoiser + label table (the ModuleDict the phase trains)
+                parameters = dict(prior.named_parameters())
+                for name, value in state["ema"].items():
+                    parameters[name].copy_(value)
         for guidance in args.guidance:
             if (state["step"], guidance) in done:
                 continue
