@@ -38,6 +38,7 @@ from diffdistill.distill.ld3m import distill_ld3m
 from diffdistill.evaluation import get_protocol, train_and_evaluate
 from diffdistill.pipelines.artifacts import real_split_meta
 from diffdistill.pipelines.ld3m.params import ld3m_config
+from diffdistill.pipelines.ld3m.records import run_inputs
 from diffdistill.published import published_values
 
 # The papers' ConvNet-3 rows (DSA / DM / MTT from diffdistill.published; DC's Table 2, no DSA) and iterations.
@@ -143,9 +144,8 @@ def main() -> None:
     protocol = get_protocol(protocol_name, **overrides)
     train = load_split(args.project, globals_["data_root"], "03_primary", "train_set")
     test = load_split(args.project, globals_["data_root"], "03_primary", "test_set")
-    experts = None
-    if objective == "mtt":
-        experts = list(load_split(args.project, globals_["data_root"], "06_models", "expert_trajectories").tensors.values())
+    trajectories = (load_split(args.project, globals_["data_root"], "06_models", "expert_trajectories")
+                    if objective == "mtt" else None)
 
     key = {"env": args.env, "method": args.method, "ipc": args.ipc}
     done = {}
@@ -160,6 +160,9 @@ def main() -> None:
             continue
         config = ld3m_config({**ld3m, "iterations": {objective: count}}, train, "cpu", objective=objective,
                              space="pixel", ipc=args.ipc)
+        # the node's own input checks: MTT experts of this train split and matching net, unbound per expert
+        _, experts, _ = run_inputs(f"{args.method}_ipc{args.ipc}", config, train, None, trajectories,
+                                   dict(ld3m.get("net_overrides") or {}))
         result = distill_ld3m(train, None, config, experts=experts, checkpoint_dir=work,
                               class_names=train.class_names)
         distilled = TensorBundle(result.images.tensors, {**result.images.meta, **real_split_meta(train)})
