@@ -29,11 +29,9 @@ import time
 from pathlib import Path
 
 import torch
-from kedro.io.core import Version
-from random_draws import environment_params
+from random_draws import environment_params, load_latest
 
 from diffdistill.data.bundle import TensorBundle
-from diffdistill.datasets.tensor_bundle import TensorBundleDataset
 from diffdistill.distill.ld3m import distill_ld3m
 from diffdistill.evaluation import get_protocol, train_and_evaluate
 from diffdistill.pipelines.artifacts import real_split_meta
@@ -52,12 +50,6 @@ METHODS = {
     "dm": ("dm", "auto", "dc_reference"),
     "mtt": ("mtt", "auto", "dc_reference"),
 }
-
-
-def load_split(project: Path, data_root: str, folder: str, name: str) -> TensorBundle:
-    """The latest saved version of a versioned tensor bundle of the environment."""
-    return TensorBundleDataset(filepath=str(project / data_root / folder / f"{name}.safetensors"),
-                               version=Version(None, None)).load()
 
 
 def published(env: str, method: str, ipc: int) -> float | None:
@@ -142,9 +134,9 @@ def main() -> None:
     # the epoch budget the environment gives this paper protocol (its no-augment twin shares it)
     overrides = evaluate.get("paper_protocol_overrides", {}).get(protocol_name.removesuffix("_no_augment"), {})
     protocol = get_protocol(protocol_name, **overrides)
-    train = load_split(args.project, globals_["data_root"], "03_primary", "train_set")
-    test = load_split(args.project, globals_["data_root"], "03_primary", "test_set")
-    trajectories = (load_split(args.project, globals_["data_root"], "06_models", "expert_trajectories")
+    train = load_latest(args.project, globals_["data_root"], "03_primary", "train_set")
+    test = load_latest(args.project, globals_["data_root"], "03_primary", "test_set")
+    trajectories = (load_latest(args.project, globals_["data_root"], "06_models", "expert_trajectories")
                     if objective == "mtt" else None)
 
     key = {"env": args.env, "method": args.method, "ipc": args.ipc}

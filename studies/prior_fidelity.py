@@ -23,10 +23,9 @@ from pathlib import Path
 
 import torch
 from kedro.io.core import Version
-from random_draws import environment_params
+from random_draws import environment_params, load_latest
 
 from diffdistill.datasets.diffusers_folder import DiffusersFolderDataset
-from diffdistill.datasets.tensor_bundle import TensorBundleDataset
 from diffdistill.evaluation.saved import classifier_from_bundle
 from diffdistill.prior import LatentPrior, class_fidelity
 
@@ -51,7 +50,7 @@ def main() -> None:
                                    version=Version(None, None)).load()
     if not isinstance(prior, LatentPrior):
         raise SystemExit(f"{models / 'prior_model'} does not hold a LatentPrior; run the prior phase first")
-    teacher = TensorBundleDataset(filepath=str(models / "teacher_model.safetensors"), version=Version(None, None)).load()
+    teacher = load_latest(args.project, globals_["data_root"], "06_models", "teacher_model")
     judge = classifier_from_bundle(teacher, "cpu")
     final = {name: tensor.clone() for name, tensor in prior.state_dict().items()}
     done = set()

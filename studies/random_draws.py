@@ -24,6 +24,7 @@ import torch
 from kedro.config import OmegaConfigLoader
 from kedro.io.core import Version
 
+from diffdistill.data.bundle import TensorBundle
 from diffdistill.datasets.tensor_bundle import TensorBundleDataset
 from diffdistill.distill.baselines import random_real_subset
 from diffdistill.evaluation import get_protocol, train_and_evaluate
@@ -34,6 +35,12 @@ def environment_params(project: Path, env: str) -> tuple[dict, dict]:
     loader = OmegaConfigLoader(conf_source=str(project / "conf"), base_env="base", default_run_env=env,
                                merge_strategy={"parameters": "soft"})
     return loader["parameters"], loader["globals"]
+
+
+def load_latest(project: Path, data_root: str, folder: str, name: str) -> TensorBundle:
+    """The latest saved version of a versioned tensor bundle of the environment."""
+    return TensorBundleDataset(filepath=str(project / data_root / folder / f"{name}.safetensors"),
+                               version=Version(None, None)).load()
 
 
 def main() -> None:
@@ -49,8 +56,7 @@ def main() -> None:
     params, globals_ = environment_params(args.project, args.env)
     evaluate = params["evaluate"]
     protocol = get_protocol(evaluate["protocol"], **evaluate.get("protocol_overrides", {}))
-    root = args.project / globals_["data_root"] / "03_primary"
-    train, test = (TensorBundleDataset(filepath=str(root / f"{split}.safetensors"), version=Version(None, None)).load()
+    train, test = (load_latest(args.project, globals_["data_root"], "03_primary", split)
                    for split in ("train_set", "test_set"))
     done = {(r["ipc"], r["draw"]): r for r in map(json.loads, args.out.read_text().splitlines())} \
         if args.out.exists() else {}

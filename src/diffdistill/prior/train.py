@@ -289,7 +289,7 @@ def train_denoiser(prior: LatentPrior, images: torch.Tensor, labels: torch.Tenso
     """Phase 2 (and fine-tuning): the prior's denoiser + label table on its own latents of `images`.
 
     eps-MSE at uniform timesteps, label dropout to the null row, EMA weights copied in at the end. `latents`:
-    `encode_dataset(prior, images)` when already computed (a study that trains on in stages).
+    `encode_dataset(prior, images)` when already computed (`standardise_latents` returns them).
     """
     device = torch.device(config.device)
     prior.to(device)
@@ -375,7 +375,7 @@ def train_prior(images: torch.Tensor, labels: torch.Tensor, config: PriorTrainCo
             raise ValueError("native_size applies to a pretrained autoencoder (vae=); a VAE trained here runs at "
                              "the data's size")
         vae = train_autoencoder(images, config, checkpoint_dir=checkpoint_dir, on_step=on_step)
-        standardise_latents(vae, images, config.center_latents)
+        latents = standardise_latents(vae, images, config.center_latents)
         latent_size = images.shape[-1] // 2 ** (len(config.autoencoder.block_out_channels) - 1)
     else:
         vae.requires_grad_(False).eval()
@@ -390,7 +390,8 @@ def train_prior(images: torch.Tensor, labels: torch.Tensor, config: PriorTrainCo
     schedule = dict(asdict(config.schedule), prediction_type="epsilon")
     new_prior = LatentPrior(vae, unet, schedule, label_table=table, class_names=class_names,
                             default_guidance=config.default_guidance, data_size=data_size)
-    latents = standardise_latents(new_prior, images, config.center_latents) if pretrained else None
+    if pretrained:  # measured through the prior: a pretrained VAE runs at its native size
+        latents = standardise_latents(new_prior, images, config.center_latents)
     return train_denoiser(new_prior, images, labels, config, checkpoint_dir=checkpoint_dir, on_step=on_step,
                           latents=latents)
 
