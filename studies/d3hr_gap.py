@@ -68,13 +68,15 @@ def carve_validation(train: TensorBundle, fraction: float = 0.2, seed: int = 202
     return subset(keep), subset(held)
 
 
-def load_study_inputs(root: Path) -> tuple[TensorBundle, TensorBundle, Any]:
+def load_study_inputs(root: Path, data_root: str = "data") -> tuple[TensorBundle, TensorBundle, Any]:
     """(train minus the validation split, the validation split, the prior) from a project's latest saved
-    `train_set` and `prior_model`; torch threads from OMP_NUM_THREADS (default 1)."""
+    `train_set` and `prior_model` under the environment's `data_root` (conf globals); torch threads from
+    OMP_NUM_THREADS (default 1)."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     latest = Version(None, None)
-    full = TensorBundleDataset(filepath=str(root / "data/03_primary/train_set.safetensors"), version=latest).load()
-    prior = DiffusersFolderDataset(filepath=str(root / "data/06_models/prior_model"), version=latest).load()
+    data = root / data_root
+    full = TensorBundleDataset(filepath=str(data / "03_primary/train_set.safetensors"), version=latest).load()
+    prior = DiffusersFolderDataset(filepath=str(data / "06_models/prior_model"), version=latest).load()
     return (*carve_validation(full), prior)
 
 

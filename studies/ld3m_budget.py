@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from d3hr_gap import load_study_inputs  # noqa: E402
-from ld3m_lr import base_params, judge_protocol, run_point  # noqa: E402
+from ld3m_lr import judge_protocol, run_point  # noqa: E402
+from random_draws import environment_params  # noqa: E402
 
 ARCHS = ("convnet", "alexnet", "vgg11", "resnet18", "vit")
 RUNS = (("dm", "latent"), ("dm", "pixel"))
@@ -33,9 +34,10 @@ def main() -> None:
     parser.add_argument("--iterations", default="40,120,360")
     parser.add_argument("--seeds", default="0,1", help="training seeds of the judges")
     parser.add_argument("--archs", default=",".join(ARCHS), help="judges: convnet first, then the unseen ones")
+    parser.add_argument("--env", default="base", help="kedro environment: its parameters, data_root and prior")
     args = parser.parse_args()
-    train, val, prior = load_study_inputs(Path(args.project))
-    params = base_params(Path(args.project))
+    params, globals_ = environment_params(Path(args.project), args.env)
+    train, val, prior = load_study_inputs(Path(args.project), globals_.get("data_root", "data"))
     protocol = judge_protocol(train, params)
     seeds = [int(s) for s in args.seeds.split(",")]
     archs = tuple(args.archs.split(","))

@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kedro.config import OmegaConfigLoader
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from d3hr_gap import load_study_inputs  # noqa: E402
+from random_draws import environment_params  # noqa: E402
 
 from diffdistill.distill.ld3m import distill_ld3m  # noqa: E402
 from diffdistill.evaluation import get_protocol, train_and_evaluate  # noqa: E402
@@ -52,11 +51,6 @@ GRID: dict[tuple[str, str, str | None], list[float]] = {
     ("mtt", "latent", "eq12"): [1.0e5, 1.0e6],
     ("mtt", "pixel", None): [10.0, 100.0, 1000.0],
 }
-
-
-def base_params(project: Path) -> dict[str, Any]:
-    loader = OmegaConfigLoader(conf_source=str(project / "conf"), base_env="base", default_run_env="base")
-    return loader["parameters"]
 
 
 def study_experts(train, params: dict[str, Any]) -> list:
@@ -116,10 +110,18 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1", help="training seeds of the judge ConvNet")
     parser.add_argument("--only", default="", help="comma-separated objectives to run (default: all)")
     parser.add_argument("--part", default="0/1", help="i/n: run every n-th point from i (two processes side by side)")
+    parser.add_argument("--env", default="base", help="kedro environment: its parameters, data_root and prior")
+    parser.add_argument("--grid", default="", help="objective:space[:variant]=lr,lr,... replaces that GRID row "
+                                                     "(a prior whose latents need other rates)")
     args = parser.parse_args()
     root = Path(args.project)
-    train, val, prior = load_study_inputs(root)
-    params = base_params(root)
+    params, globals_ = environment_params(root, args.env)
+    train, val, prior = load_study_inputs(root, globals_.get("data_root", "data"))
+    grid = dict(GRID)
+    for row in filter(None, args.grid.split(";")):
+        key, lrs = row.split("=")
+        objective, space, *variant = key.split(":")
+        grid[(objective, space, variant[0] if variant else None)] = [float(x) for x in lrs.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     protocol = judge_protocol(train, params)
     out = Path(args.out)
@@ -128,7 +130,7 @@ def main() -> None:
     if out.is_file():
         done = {(r["set"], r["lr"]) for r in map(json.loads, out.read_text().splitlines()) if "set" in r}
     only = set(filter(None, args.only.split(",")))
-    points = [(run, lr) for run, lrs in GRID.items() for lr in lrs if not only or run[0] in only]
+    points = [(run, lr) for run, lrs in grid.items() for lr in lrs if not only or run[0] in only]
     index, count = (int(x) for x in args.part.split("/"))
     points = points[index::count]
     experts = None
@@ -140,6 +142,7 @@ def main() -> None:
             experts = study_experts(train, params)
         record = run_point(train, val, prior, params, objective=objective, space=space, variant=variant, lr=lr,
                            ipc=args.ipc, protocol=protocol, seeds=seeds, experts=experts)
+        record = {"env": args.env, **record}
         print(json.dumps(record), flush=True)
         with out.open("a") as handle:
             handle.write(json.dumps(record) + "\n")

@@ -14,7 +14,8 @@ One CSV row per set × IPC × architecture × protocol (`set` without its `_ipc<
 was measured on, `<source>[:<subset>]/<split> (<images>)`), plus rows with
 `arch` = `unseen_mean`: per training seed the mean over the unseen architectures, then mean ± std over seeds.
 `mean` / `std` in % (std over seeds as `np.std`, the references' convention; 0 with n = 1), `epochs` the
-evaluation's training epochs, `iterations` the distillation iterations (LD3M; empty for sets that do not iterate),
+evaluation's training epochs (per architecture: `evaluate.arch_budget` may train the slow ones shorter; the
+`unseen_mean` row carries the smallest of its architectures'), `iterations` the distillation iterations (LD3M; empty for sets that do not iterate),
 `published` the paper's value where one exists for this dataset and protocol (empty otherwise).
 `<dataset>_ddranking.csv` holds DD-Ranking's HLR / IOR / LRS / ARS per set, IPC and architecture, computed from
 `<dataset>.csv` (`diffdistill.ddranking`). The README holds one block per CSV between `<!-- results:<stem> -->` and
@@ -87,12 +88,14 @@ def _protocol_rows(result: dict[str, Any], records: list[dict[str, Any]], *, ite
     protocols = {row["protocol"] for row in records}
     if len(protocols) != 1:
         raise ValueError(f"{name}: one entry of eval_results mixes protocols {sorted(protocols)}")
-    (protocol,), epochs = protocols, int(records[-1]["epochs"])
+    (protocol,) = protocols
+    epochs_of: dict[str, int] = {}  # per architecture: `evaluate.arch_budget` may train the slow ones shorter
     for row in records:
         by_arch.setdefault(row["arch"], {})[int(row["seed"])] = 100.0 * float(row["test_accuracy"])
+        epochs_of[row["arch"]] = int(row["epochs"])
     out = []
 
-    def emit(arch: str, values: list[float]) -> None:
+    def emit(arch: str, values: list[float], epochs: int) -> None:
         key = (base, ipc, arch, protocol)
         out.append({"set": base, "ipc": "" if ipc is None else int(ipc), "arch": arch, "protocol": protocol,
                     "split": result.get("split", ""), "mean": round(statistics.fmean(values), 2),
@@ -101,10 +104,11 @@ def _protocol_rows(result: dict[str, Any], records: list[dict[str, Any]], *, ite
                     "published": "" if not published or key not in published else published[key], "git_sha": git_sha})
 
     for arch in [a for a in ARCHS if a in by_arch] + sorted(set(by_arch) - set(ARCHS)):
-        emit(arch, [by_arch[arch][s] for s in sorted(by_arch[arch])])
+        emit(arch, [by_arch[arch][s] for s in sorted(by_arch[arch])], epochs_of[arch])
     seeds = sorted(set.intersection(*(set(by_arch[a]) for a in UNSEEN))) if all(a in by_arch for a in UNSEEN) else []
     if seeds:
-        emit("unseen_mean", [statistics.fmean(by_arch[a][s] for a in UNSEEN) for s in seeds])
+        emit("unseen_mean", [statistics.fmean(by_arch[a][s] for a in UNSEEN) for s in seeds],
+             min(epochs_of[a] for a in UNSEEN))
     return out
 
 

@@ -113,7 +113,28 @@ def test_a_method_without_an_entry_gets_the_common_protocol_and_a_warning(teache
     assert missing["status"] == "missing" and missing["paper_protocols"] == {}
 
 
+def test_an_arch_budget_trains_that_architecture_shorter_with_fewer_seeds_and_common_protocol_only(teacher) -> None:
+    train, test = _split(4, seed=0), _split(2, seed=1)
+    params = {**PARAMS, "archs": ["convnet", "alexnet"], "unseen_archs": ["alexnet"], "seeds": [0, 1],
+              "arch_budget": {"alexnet": {"seeds": [0], "epochs": 1, "common_only": True}}}
+    results, _ = nodes.evaluate_set(_distilled("random"), train, test, teacher, params, "cpu", set_name="random_ipc2")
+    assert [(r["arch"], r["seed"], r["epochs"]) for r in results["rows"]] == [
+        ("convnet", 0, 2), ("convnet", 1, 2), ("alexnet", 0, 1)]
+    assert results["summary"]["alexnet"]["n"] == 1 and results["summary"]["unseen_mean"]["archs"] == ["alexnet"]
+    for entry in results["paper_protocols"].values():  # the budgeted architecture is left out of the paper protocols
+        assert {r["arch"] for r in entry["rows"]} == {"convnet"}
+    # the same set without a budget reuses the unbudgeted rows (same keys) and trains only what is new
+    unbudgeted = {**params, "arch_budget": {}}
+    again, _ = nodes.evaluate_set(_distilled("random"), train, test, teacher, unbudgeted, "cpu", set_name="random_ipc2")
+    assert [(r["arch"], r["seed"], r["epochs"]) for r in again["rows"]] == [
+        ("convnet", 0, 2), ("convnet", 1, 2), ("alexnet", 0, 2), ("alexnet", 1, 2)]
+    assert again["rows"][:2] == results["rows"][:2]
+
+
 @pytest.mark.parametrize(("change", "message"), [
+    ({"arch_budget": {"vit": {"seeds": [0]}}}, r"evaluate.arch_budget has \['vit'\], which are not in"),
+    ({"arch_budget": {"convnet": {"seeds": []}}}, r"evaluate.arch_budget.convnet.seeds is empty"),
+    ({"arch_budget": {"convnet": {"epochs": 0}}}, r"evaluate.arch_budget.convnet.epochs"),
     ({"paper_protocols": {"d3hr": "d3hr"}}, r"evaluate.paper_protocols.d3hr has 'd3hr'; valid protocols: dc, glad"),
     ({"paper_protocols": {"random": ["dc"]}}, r"lists 'dc', the common protocol \(evaluate.protocol\)"),
     ({"paper_protocols": {"random": ["glad", "glad"]}}, r"evaluate.paper_protocols.random lists a protocol twice"),

@@ -30,6 +30,17 @@ class FullDataConfig:
 
 
 @dataclass
+class ArchBudget:
+    """`evaluate.arch_budget.<arch>`: a smaller budget for one slow architecture (on CPUs: ResNet-18 and ViT take
+    ~6x ConvNet's time at 32 px). The papers train every architecture with every seed for the full epochs; a row
+    measured under a budget carries its own epochs and seed count in the results."""
+
+    seeds: list[int] | None = None  # None: `evaluate.seeds`
+    epochs: int | None = option(None, min=1)  # None: the protocol's epochs
+    common_only: bool = False  # true: scored under the common protocol only, not under the paper protocols
+
+
+@dataclass
 class ReportConfig:
     """What the report reads of `evaluate`: the architecture columns and the unseen ones it averages."""
 
@@ -59,10 +70,17 @@ class EvaluateConfig:
     external: dict[str, ExternalSetConfig] = field(default_factory=dict)
     paper_protocols: dict[str, str | list[str]] = field(default_factory=dict)
     paper_protocol_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    arch_budget: dict[str, ArchBudget] = field(default_factory=dict)  # distilled and baseline sets, not the bound
 
     def check(self, path: str) -> None:
         if not self.archs:
             raise ConfigError(f"{path}.archs is empty; list at least one architecture, e.g. [convnet]")
+        stray_budget = [a for a in self.arch_budget if a not in self.archs]
+        if stray_budget:
+            raise ConfigError(f"{path}.arch_budget has {stray_budget}, which are not in {path}.archs {self.archs}")
+        no_seeds = [a for a, b in self.arch_budget.items() if b.seeds is not None and not b.seeds]
+        if no_seeds:
+            raise ConfigError(f"{path}.arch_budget.{no_seeds[0]}.seeds is empty; give at least one seed or remove it")
         if not self.seeds or not self.full_data.seeds:
             raise ConfigError(f"{path}.seeds and {path}.full_data.seeds need at least one seed")
         stray_full = [a for a in self.full_data.archs or [] if a not in self.archs]
@@ -87,6 +105,9 @@ class EvaluateConfig:
                 raise ConfigError(f"{path}.paper_protocol_overrides has {name!r}, which is not a protocol; valid "
                                   f"protocols: {', '.join(PROTOCOL_NAMES)}")
             get_protocol(name, path=f"{path}.paper_protocol_overrides.{name}", **overrides)  # fields checked now
+
+    def budget(self, arch: str) -> ArchBudget:
+        return self.arch_budget.get(arch, ArchBudget())
 
     def paper_protocols_of(self, method: str) -> list[str]:
         """The protocols of `method`'s paper (none when the map has no entry for it)."""

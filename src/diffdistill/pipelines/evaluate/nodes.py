@@ -70,10 +70,13 @@ def _protocols(config: EvaluateConfig, train_set: TensorBundle, method: str, ove
 
 def _results(set_name: str, meta: dict[str, Any], train: TensorBundle, test: TensorBundle,
              protocols: list[ProtocolConfig], config: EvaluateConfig, seeds: list[int], device: str, *,
-             teacher_model: TensorBundle | None, train_set: TensorBundle,
-             allow_unbalanced: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+             teacher_model: TensorBundle | None, train_set: TensorBundle, allow_unbalanced: bool,
+             budgeted: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """Rows and summary per protocol. The record's top level is the common protocol's (what a one-protocol reader
-    sees); `paper_protocols` holds each paper protocol's, keyed by its name. Every row names its protocol."""
+    sees); `paper_protocols` holds each paper protocol's, keyed by its name. Every row names its protocol.
+    `budgeted`: `evaluate.arch_budget` applies (seeds, epochs, common protocol only per architecture)."""
+    from diffdistill.evaluation import get_protocol
+
     teacher = None
     soft = [p.name for p in protocols if p.loss == "soft_label"]
     if soft and teacher_model is None:
@@ -87,7 +90,14 @@ def _results(set_name: str, meta: dict[str, Any], train: TensorBundle, test: Ten
         teacher = classifier_from_bundle(teacher_model, device)
     entries, metrics = {}, {}
     for protocol in protocols:
-        rows = _train_rows(set_name, train, test, config.archs, seeds, protocol, device,
+        if budgeted:
+            is_common = protocol is protocols[0]
+            runs = [(arch, list(config.budget(arch).seeds or seeds),
+                     get_protocol(protocol, epochs=config.budget(arch).epochs or protocol.epochs))
+                    for arch in config.archs if is_common or not config.budget(arch).common_only]
+        else:
+            runs = [(arch, list(seeds), protocol) for arch in config.archs]
+        rows = _train_rows(set_name, train, test, runs, protocol, device,
                            teacher=teacher if protocol.loss == "soft_label" else None,
                            allow_unbalanced=allow_unbalanced)
         summary = summarise_rows(rows, config.archs, config.unseen_archs)
@@ -121,7 +131,7 @@ def evaluate_set(distilled_set: TensorBundle | None, train_set: TensorBundle, te
     config = build(EvaluateConfig, params, "evaluate")
     protocols = _protocols(config, train_set, method_of(set_name), {}, "evaluate.protocol_overrides")
     return _results(set_name, _set_meta(distilled_set), distilled_set, test_set, protocols, config, config.seeds,
-                    device, teacher_model=teacher_model, train_set=train_set, allow_unbalanced=False)
+                    device, teacher_model=teacher_model, train_set=train_set, allow_unbalanced=False, budgeted=True)
 
 
 def evaluate_full_data(train_set: TensorBundle, test_set: TensorBundle, params: dict[str, Any],
@@ -139,24 +149,28 @@ def evaluate_full_data(train_set: TensorBundle, test_set: TensorBundle, params: 
                            "evaluate.full_data.protocol_overrides")
     meta = {"method": "full", "ipc": None, "num_images": len(train_set), "class_names": train_set.class_names}
     return _results("full", meta, train_set, test_set, protocols, config, config.full_data.seeds, device,
-                    teacher_model=None, train_set=train_set, allow_unbalanced=True)
+                    teacher_model=None, train_set=train_set, allow_unbalanced=True, budgeted=False)
 
 
-def _train_rows(set_name: str, train: TensorBundle, test: TensorBundle, archs: list[str], seeds: list[int],
-                protocol: ProtocolConfig, device: str, *, teacher, allow_unbalanced: bool) -> list[dict[str, Any]]:
-    """One from-scratch training per (arch, seed); finished rows survive a killed run and are reused."""
+def _train_rows(set_name: str, train: TensorBundle, test: TensorBundle,
+                runs: list[tuple[str, list[int], ProtocolConfig]], protocol: ProtocolConfig, device: str, *,
+                teacher, allow_unbalanced: bool) -> list[dict[str, Any]]:
+    """One from-scratch training per (arch, seed) of `runs` (arch, its seeds, `protocol` at its epochs); finished
+    rows survive a killed run and are reused."""
     from diffdistill.evaluation import train_and_evaluate
 
     done = WorkDir.keyed("evaluate", set_name, protocol.to_dict(), split_fingerprint(train),
                           split_fingerprint(test), device)
     rows = []
-    with Progress(f"evaluate {set_name} ({protocol.name})", len(archs) * len(seeds), unit="runs") as bar:
-        for arch in archs:
+    with Progress(f"evaluate {set_name} ({protocol.name})", sum(len(s) for _, s, _ in runs), unit="runs") as bar:
+        for arch, seeds, arch_protocol in runs:
             for seed in seeds:
-                key = f"{arch}-seed{int(seed)}"
+                # the protocol's own epochs keep the key of a run without a budget (its rows are reused)
+                budget = "" if arch_protocol.epochs == protocol.epochs else f"-epochs{arch_protocol.epochs}"
+                key = f"{arch}{budget}-seed{int(seed)}"
                 row = done.get_json(key)
                 if row is None:
-                    result = train_and_evaluate(train, test, arch=arch, protocol=protocol, seed=int(seed),
+                    result = train_and_evaluate(train, test, arch=arch, protocol=arch_protocol, seed=int(seed),
                                                 device=device, teacher=teacher, allow_unbalanced=allow_unbalanced)
                     row = {"set": set_name, "arch": arch, "seed": int(seed), "test_accuracy": result["test_accuracy"],
                            "epochs": result["epochs"], "protocol": result["protocol"], "net": result["net"],
