@@ -9,6 +9,8 @@ trains a ConvNet (protocol `dc`, 100 epochs, conf/base precision) on the set and
 split, mean over judge seeds. MTT's experts are trained on the same 80 % (conf/base `experts`).
 
     python studies/ld3m_lr.py --project . --out studies/results/ld3m_lr.jsonl [--only dm] [--ipc 1]
+    python studies/ld3m_lr.py --project . --env cifar10 --grid "dm:latent=0.003,0.01,0.03" \
+        --out studies/results/ld3m_lr_cifar10.jsonl      # another environment's prior, parameters and budgets
 
 Each finished point is one JSON line (resumable: points already in --out are skipped).
 """
@@ -111,13 +113,13 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated objectives to run (default: all)")
     parser.add_argument("--part", default="0/1", help="i/n: run every n-th point from i (two processes side by side)")
     parser.add_argument("--env", default="base", help="kedro environment: its parameters, data_root and prior")
-    parser.add_argument("--grid", default="", help="objective:space[:variant]=lr,lr,... replaces that GRID row "
-                                                     "(a prior whose latents need other rates)")
+    parser.add_argument("--grid", default="", help="objective:space[:variant]=lr,lr,...[;...]: run only these rows "
+                                                     "at these rates instead of GRID (another prior's latents)")
     args = parser.parse_args()
     root = Path(args.project)
     params, globals_ = environment_params(root, args.env)
     train, val, prior = load_study_inputs(root, globals_.get("data_root", "data"))
-    grid = dict(GRID)
+    grid = {} if args.grid else dict(GRID)
     for row in filter(None, args.grid.split(";")):
         key, lrs = row.split("=")
         objective, space, *variant = key.split(":")
