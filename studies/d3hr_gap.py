@@ -28,9 +28,10 @@ from typing import Any
 
 import torch
 from kedro.io.core import Version
+from random_draws import load_latest  # a sibling study (this folder is on sys.path when a study runs)
 
 from diffdistill.data.bundle import TensorBundle, to_unit
-from diffdistill.datasets import DiffusersFolderDataset, TensorBundleDataset
+from diffdistill.datasets import DiffusersFolderDataset
 from diffdistill.evaluation import evaluate_accuracy, get_protocol, train_and_evaluate
 from diffdistill.evaluation.saved import classifier_from_bundle
 from diffdistill.evaluation.train import channel_stats
@@ -73,10 +74,9 @@ def load_study_inputs(root: Path, data_root: str = "data") -> tuple[TensorBundle
     `train_set` and `prior_model` under the environment's `data_root` (conf globals); torch threads from
     OMP_NUM_THREADS (default 1)."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    latest = Version(None, None)
-    data = root / data_root
-    full = TensorBundleDataset(filepath=str(data / "03_primary/train_set.safetensors"), version=latest).load()
-    prior = DiffusersFolderDataset(filepath=str(data / "06_models/prior_model"), version=latest).load()
+    full = load_latest(root, data_root, "03_primary", "train_set")
+    prior = DiffusersFolderDataset(filepath=str(root / data_root / "06_models/prior_model"),
+                                   version=Version(None, None)).load()
     return (*carve_validation(full), prior)
 
 

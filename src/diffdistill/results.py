@@ -15,7 +15,8 @@ was measured on, `<source>[:<subset>]/<split> (<images>)`), plus rows with
 `arch` = `unseen_mean`: per training seed the mean over the unseen architectures, then mean ± std over seeds.
 `mean` / `std` in % (std over seeds as `np.std`, the references' convention; 0 with n = 1), `epochs` the
 evaluation's training epochs (per architecture: `evaluate.arch_budget` may train the slow ones shorter; the
-`unseen_mean` row carries the smallest of its architectures'), `iterations` the distillation iterations (LD3M; empty for sets that do not iterate),
+`unseen_mean` row carries the smallest of its architectures'), `iterations` the distillation iterations (LD3M;
+empty for sets that do not iterate),
 `published` the paper's value where one exists for this dataset and protocol (empty otherwise).
 `<dataset>_ddranking.csv` holds DD-Ranking's HLR / IOR / LRS / ARS per set, IPC and architecture, computed from
 `<dataset>.csv` (`diffdistill.ddranking`). The README holds one block per CSV between `<!-- results:<stem> -->` and

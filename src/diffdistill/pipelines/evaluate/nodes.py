@@ -70,11 +70,11 @@ def _protocols(config: EvaluateConfig, train_set: TensorBundle, method: str, ove
 
 def _results(set_name: str, meta: dict[str, Any], train: TensorBundle, test: TensorBundle,
              protocols: list[ProtocolConfig], config: EvaluateConfig, seeds: list[int], device: str, *,
-             teacher_model: TensorBundle | None, train_set: TensorBundle, allow_unbalanced: bool,
-             budgeted: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+             teacher_model: TensorBundle | None, train_set: TensorBundle,
+             allow_unbalanced: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """Rows and summary per protocol. The record's top level is the common protocol's (what a one-protocol reader
     sees); `paper_protocols` holds each paper protocol's, keyed by its name. Every row names its protocol.
-    `budgeted`: `evaluate.arch_budget` applies (seeds, epochs, common protocol only per architecture)."""
+    `evaluate.arch_budget` sets an architecture's seeds and epochs, and whether the paper protocols train it."""
     from diffdistill.evaluation import get_protocol
 
     teacher = None
@@ -90,13 +90,9 @@ def _results(set_name: str, meta: dict[str, Any], train: TensorBundle, test: Ten
         teacher = classifier_from_bundle(teacher_model, device)
     entries, metrics = {}, {}
     for protocol in protocols:
-        if budgeted:
-            is_common = protocol is protocols[0]
-            runs = [(arch, list(config.budget(arch).seeds or seeds),
-                     get_protocol(protocol, epochs=config.budget(arch).epochs or protocol.epochs))
-                    for arch in config.archs if is_common or not config.budget(arch).common_only]
-        else:
-            runs = [(arch, list(seeds), protocol) for arch in config.archs]
+        budgets = {arch: config.budget(arch) for arch in config.archs}
+        runs = [(arch, list(b.seeds or seeds), get_protocol(protocol, epochs=b.epochs or protocol.epochs))
+                for arch, b in budgets.items() if protocol is protocols[0] or not b.common_only]
         rows = _train_rows(set_name, train, test, runs, protocol, device,
                            teacher=teacher if protocol.loss == "soft_label" else None,
                            allow_unbalanced=allow_unbalanced)
@@ -131,7 +127,7 @@ def evaluate_set(distilled_set: TensorBundle | None, train_set: TensorBundle, te
     config = build(EvaluateConfig, params, "evaluate")
     protocols = _protocols(config, train_set, method_of(set_name), {}, "evaluate.protocol_overrides")
     return _results(set_name, _set_meta(distilled_set), distilled_set, test_set, protocols, config, config.seeds,
-                    device, teacher_model=teacher_model, train_set=train_set, allow_unbalanced=False, budgeted=True)
+                    device, teacher_model=teacher_model, train_set=train_set, allow_unbalanced=False)
 
 
 def evaluate_full_data(train_set: TensorBundle, test_set: TensorBundle, params: dict[str, Any],
@@ -141,7 +137,8 @@ def evaluate_full_data(train_set: TensorBundle, test_set: TensorBundle, params: 
     trained on this very split)."""
     from diffdistill.evaluation.config import EvaluateConfig
 
-    config = build(EvaluateConfig, params, "evaluate")
+    # the bound is sized by `full_data` alone, never by the sets' arch_budget
+    config = dataclasses.replace(build(EvaluateConfig, params, "evaluate"), arch_budget={})
     if config.full_data.archs is not None:  # the bound on a subset of the architectures
         archs = list(config.full_data.archs)
         config = dataclasses.replace(config, archs=archs, unseen_archs=[a for a in config.unseen_archs if a in archs])
@@ -149,7 +146,7 @@ def evaluate_full_data(train_set: TensorBundle, test_set: TensorBundle, params: 
                            "evaluate.full_data.protocol_overrides")
     meta = {"method": "full", "ipc": None, "num_images": len(train_set), "class_names": train_set.class_names}
     return _results("full", meta, train_set, test_set, protocols, config, config.full_data.seeds, device,
-                    teacher_model=None, train_set=train_set, allow_unbalanced=True, budgeted=False)
+                    teacher_model=None, train_set=train_set, allow_unbalanced=True)
 
 
 def _train_rows(set_name: str, train: TensorBundle, test: TensorBundle,
