@@ -230,6 +230,33 @@ def test_adapter_config_is_json_with_the_mapping(tmp_path) -> None:
     assert config["denoiser_class"] == "DiTTransformer2DModel" and config["conditioning"] == "dit_shared"
 
 
+def test_data_channels_put_grayscale_through_an_rgb_vae(tmp_path) -> None:
+    """Fashion-MNIST through TAEF2, in miniature: the one channel repeated in, the channel mean out."""
+    rgb = LatentPrior(tiny_vae("kl", channels=3), tiny_dit(shared=True), dict(SCHEDULE))
+    gray = LatentPrior(copy.deepcopy(rgb.vae), copy.deepcopy(rgb.denoiser), dict(SCHEDULE), data_channels=1)
+    images = tiny_images()  # 5×1×8×8
+    with torch.no_grad():
+        z = gray.encode(images)
+        torch.testing.assert_close(z, rgb.encode(images.repeat(1, 3, 1, 1)))
+        decoded = gray.decode(z)
+        torch.testing.assert_close(decoded, rgb.decode(z).mean(dim=1, keepdim=True))
+    assert decoded.shape == images.shape and (gray.image_channels, rgb.image_channels) == (1, 3)
+    gray.check_dataset(channels=1)
+    with pytest.raises(ValueError, match="3 channels but the prior's VAE takes 1"):
+        gray.encode(images.repeat(1, 3, 1, 1))
+    latents = z.clone().requires_grad_(True)  # LD3M back-props dL/dX through decode
+    gray.decode(latents).sum().backward()
+    assert latents.grad is not None and latents.grad.abs().sum() > 0
+    gray.save_pretrained(tmp_path / "prior")
+    loaded = LatentPrior.from_pretrained(tmp_path / "prior")
+    assert loaded.image_channels == 1
+    with torch.no_grad():
+        assert torch.equal(loaded.decode(z), decoded)
+    assert LatentPrior(rgb.vae, rgb.denoiser, dict(SCHEDULE), data_channels=3).image_channels == 3  # no conversion
+    with pytest.raises(ValueError, match="data_channels=2"):
+        LatentPrior(rgb.vae, rgb.denoiser, dict(SCHEDULE), data_channels=2)
+
+
 def test_data_size_resizes_to_the_native_size_and_back(tmp_path) -> None:
     """128-px data through a 256-px DiT, in miniature: 4-px data through an 8-px prior."""
     import torch.nn.functional as F

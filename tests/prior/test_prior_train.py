@@ -171,6 +171,13 @@ def test_a_pretrained_vae_stays_frozen_and_only_the_denoiser_learns(native_size)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_grayscale_data_trains_over_a_pretrained_rgb_vae() -> None:
+    images, labels = tiny_data()  # 8 px, 1 channel
+    prior = train_prior(images, labels, tiny_config(), vae=tiny_vae("tiny", channels=3), num_classes=3)
+    assert prior.image_channels == 1 and prior.vae.config.in_channels == 3
+    assert prior.decode(encode_dataset(prior, images[:2]).float()).shape == (2, 1, 8, 8)
+
+
 def test_native_size_needs_a_pretrained_vae_that_divides_it() -> None:
     images, labels = tiny_data()
     with pytest.raises(ValueError, match="native_size applies to a pretrained"):

@@ -17,19 +17,19 @@ def seeded(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module.eval()
 
 
-def tiny_vae(kind: str, latent_channels: int = 2) -> torch.nn.Module:
-    """8 px, 1 channel -> 4×4 latents."""
+def tiny_vae(kind: str, latent_channels: int = 2, channels: int = 1) -> torch.nn.Module:
+    """8 px, 1 channel (or `channels`) -> 4×4 latents."""
     if kind == "kl":
-        vae = AutoencoderKL(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
+        vae = AutoencoderKL(in_channels=channels, out_channels=channels, down_block_types=("DownEncoderBlock2D",) * 2,
                             up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8),
                             layers_per_block=1, latent_channels=latent_channels, norm_num_groups=4, sample_size=8,
                             mid_block_add_attention=False, scaling_factor=1.7, shift_factor=0.2)
     elif kind == "tiny":
-        vae = AutoencoderTiny(in_channels=1, out_channels=1, encoder_block_out_channels=(8, 8),
+        vae = AutoencoderTiny(in_channels=channels, out_channels=channels, encoder_block_out_channels=(8, 8),
                               decoder_block_out_channels=(8, 8), num_encoder_blocks=(1, 1),
                               num_decoder_blocks=(1, 1), latent_channels=latent_channels, scaling_factor=0.9)
     elif kind == "vq":
-        vae = VQModel(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
+        vae = VQModel(in_channels=channels, out_channels=channels, down_block_types=("DownEncoderBlock2D",) * 2,
                       up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
                       latent_channels=latent_channels, num_vq_embeddings=16, norm_num_groups=4, sample_size=8,
                       scaling_factor=1.3)

@@ -169,6 +169,7 @@ class LatentPrior(nn.Module):
         class_names: Sequence[str] | None = None,
         default_guidance: float = 1.0,
         data_size: int | None = None,
+        data_channels: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(vae, tuple(VAE_CLASSES.values())):
@@ -212,6 +213,13 @@ class LatentPrior(nn.Module):
         # Data at another resolution (ImageNet subsets at 128 px through a 256-px DiT, as in the papers):
         # encode resizes up to the native size and decode resizes back, so the LDM always runs on its own latent size.
         self._data_size = None if data_size == self.image_size else data_size
+        # Grayscale data through an RGB autoencoder (Fashion-MNIST through TAEF2): encode repeats the one channel,
+        # decode returns the channel mean, so the rest of the project sees the data's own channel count.
+        vae_channels = int(vae.config.in_channels)
+        if data_channels not in (None, 1, vae_channels):
+            raise ValueError(f"data_channels={data_channels!r} must be None, 1 (grayscale through this "
+                             f"{vae_channels}-channel VAE) or {vae_channels}")
+        self._data_channels = None if data_channels in (None, vae_channels) else 1
         self.eval()
 
     # ----------------------------------------------------------------- properties
@@ -239,7 +247,8 @@ class LatentPrior(nn.Module):
 
     @property
     def image_channels(self) -> int:
-        return int(self.vae.config.in_channels)
+        """Channels of the images `encode` takes and `decode` returns (the VAE's own unless `data_channels`)."""
+        return self._data_channels or int(self.vae.config.in_channels)
 
     @property
     def num_classes(self) -> int:
@@ -344,6 +353,8 @@ class LatentPrior(nn.Module):
         """[-1, 1] images -> scaled latents (posterior mean unless `sample`)."""
         self.check_images(images)
         x = images.to(parameter_dtype(self.vae))
+        if self._data_channels is not None:
+            x = x.expand(-1, int(self.vae.config.in_channels), -1, -1)
         if self._data_size is not None:
             x = F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
         if isinstance(self.vae, AutoencoderKL):
@@ -361,6 +372,8 @@ class LatentPrior(nn.Module):
         self.check_latents(latents)
         z = latents.to(parameter_dtype(self.vae)) / self.scaling_factor + self.shift_factor
         images = self.vae.decode(z).sample
+        if self._data_channels is not None:
+            images = images.mean(dim=1, keepdim=True)
         if self._data_size is not None:
             images = F.interpolate(images, size=(self._data_size,) * 2, mode="bilinear", antialias=True,
                                    align_corners=False)
@@ -425,6 +438,7 @@ class LatentPrior(nn.Module):
             "default_guidance": self.default_guidance,
             "image_size": self.image_size,
             "data_size": self._data_size,
+            "data_channels": self._data_channels,
             "latent_shape": list(self.latent_shape),
             "scaling_factor": self.scaling_factor,
             "shift_factor": self.shift_factor,
@@ -478,7 +492,7 @@ class LatentPrior(nn.Module):
                              f"{exc}); it was truncated or edited: re-save the prior") from exc
         prior = cls(vae, denoiser, scheduler_config, label_table=table, class_ids=config["class_ids"],
                     class_names=config.get("class_names"), default_guidance=config.get("default_guidance", 1.0),
-                    data_size=config.get("data_size"))
+                    data_size=config.get("data_size"), data_channels=config.get("data_channels"))
         return prior.to(device)
 
 

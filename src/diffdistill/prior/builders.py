@@ -23,7 +23,7 @@ from diffdistill.prior.load import DENOISER_CLASSES, load_model, load_vae, read_
 def load_dit_folder(directory: str | Path, *, class_ids: Sequence[int] | None = None,
                     class_names: Sequence[str] | None = None, torch_dtype: torch.dtype | None = None,
                     device: str | torch.device = "cpu", default_guidance: float = 4.0,
-                    data_size: int | None = None) -> LatentPrior:
+                    data_size: int | None = None, data_channels: int | None = None) -> LatentPrior:
     """A DiT pipeline folder (`transformer/`, `vae/`, `scheduler/`) as a prior.
 
     ImageNet DiTs have 1000 classes + null row 1000; map a 10-class dataset with
@@ -31,7 +31,8 @@ def load_dit_folder(directory: str | Path, *, class_ids: Sequence[int] | None = 
     """
     vae, denoiser, scheduler_config = read_dit_parts(Path(directory), torch_dtype)
     prior = LatentPrior(vae, denoiser, scheduler_config, class_ids=class_ids,
-                        class_names=class_names, default_guidance=default_guidance, data_size=data_size)
+                        class_names=class_names, default_guidance=default_guidance, data_size=data_size,
+                        data_channels=data_channels)
     return prior.to(device)
 
 
@@ -41,7 +42,8 @@ def load_components(vae: str | Path | nn.Module, denoiser: str | Path | nn.Modul
                     class_ids: Sequence[int] | None = None, class_names: Sequence[str] | None = None,
                     scaling_factor: float | None = None, shift_factor: float | None = None,
                     torch_dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-                    default_guidance: float = 1.0, data_size: int | None = None) -> LatentPrior:
+                    default_guidance: float = 1.0, data_size: int | None = None,
+                    data_channels: int | None = None) -> LatentPrior:
     """A prior from separate components (folders or modules).
 
     `scheduler` None means DDPM's 1000 linear betas (1e-4..0.02), eps-prediction.
@@ -62,5 +64,5 @@ def load_components(vae: str | Path | nn.Module, denoiser: str | Path | nn.Modul
         table = load_file(Path(label_table))["weight"]
     prior = LatentPrior(vae_model, denoiser_model, scheduler_config_from(scheduler), label_table=table,
                         class_ids=class_ids, class_names=class_names, default_guidance=default_guidance,
-                        data_size=data_size)
+                        data_size=data_size, data_channels=data_channels)
     return prior.to(device)

@@ -369,7 +369,7 @@ def train_prior(images: torch.Tensor, labels: torch.Tensor, config: PriorTrainCo
     num_classes = int(num_classes if num_classes is not None else int(labels.max()) + 1)
     if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
         raise ValueError(f"labels must lie in 0..{num_classes - 1}")
-    pretrained, data_size = vae is not None, None
+    pretrained, data_size, data_channels = vae is not None, None, None
     if not pretrained:
         if native_size is not None:
             raise ValueError("native_size applies to a pretrained autoencoder (vae=); a VAE trained here runs at "
@@ -383,13 +383,14 @@ def train_prior(images: torch.Tensor, labels: torch.Tensor, config: PriorTrainCo
         if size % factor:
             raise ValueError(f"the pretrained VAE downsamples by {factor}; its native size {size} must be a "
                              f"multiple of it (set prior.native_size)")
-        latent_size, data_size = size // factor, int(images.shape[-1])
+        latent_size, data_size, data_channels = size // factor, int(images.shape[-1]), int(images.shape[1])
     generator = torch.Generator().manual_seed(config.seed + 2)
     unet = build_denoiser(config.denoiser, vae_latent_channels(vae), latent_size, generator)
     table = torch.randn(num_classes + 1, unet.time_embedding.linear_1.out_features, generator=generator)
     schedule = dict(asdict(config.schedule), prediction_type="epsilon")
     new_prior = LatentPrior(vae, unet, schedule, label_table=table, class_names=class_names,
-                            default_guidance=config.default_guidance, data_size=data_size)
+                            default_guidance=config.default_guidance, data_size=data_size,
+                            data_channels=data_channels)
     if pretrained:  # measured through the prior: a pretrained VAE runs at its native size
         latents = standardise_latents(new_prior, images, config.center_latents)
     return train_denoiser(new_prior, images, labels, config, checkpoint_dir=checkpoint_dir, on_step=on_step,

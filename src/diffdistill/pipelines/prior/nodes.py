@@ -26,10 +26,11 @@ def _load_pretrained(config: PriorConfig, train_set: TensorBundle, device: str) 
     from diffdistill.prior import imagenet_class_ids, load_components, load_dit_folder
 
     ids = config.class_ids or (imagenet_class_ids(config.imagenet_subset) if config.imagenet_subset else None)
-    # A pretrained prior serves the data at the data's resolution (resized to and from its native size).
+    # A pretrained prior serves the data at the data's resolution and channels (resized to and from its native
+    # size; grayscale repeated into an RGB VAE and averaged back).
     images = train_set["images"]
     common = {"class_ids": ids, "class_names": train_set.class_names, "device": device,
-              "data_size": int(images.shape[-1])}
+              "data_size": int(images.shape[-1]), "data_channels": int(images.shape[1])}
     if config.dit_folder and config.source in ("dit_folder", "fine_tune"):
         prior = load_dit_folder(config.dit_folder, **common)
     else:
