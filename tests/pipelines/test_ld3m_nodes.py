@@ -105,6 +105,11 @@ def test_learning_rates_and_iterations_resolve_per_objective_space_and_ipc():
         ld3m_params.ld3m_config(params, train_set(), "cpu", objective="dc", space="latent", ipc=1)
     config = ld3m_params.ld3m_config(PARAMS, train_set(), "cpu", objective="dm", space="pixel", ipc=1)
     assert config.dsa_strategy == "color_crop_cutout_scale_rotate"  # auto: digits drop flip
+    per_ipc = {**params, "iterations": {"dm": 5}, "lr": {"latent": {"dm": {1: 0.01, "10": 0.1}}}}  # like iterations
+    assert ld3m_params.ld3m_config(per_ipc, train_set(), "cpu", objective="dm", space="latent", ipc=10).lr == 0.1
+    assert ld3m_params.ld3m_config(per_ipc, train_set(), "cpu", objective="dm", space="latent", ipc=1).lr == 0.01
+    with pytest.raises(ValueError, match=r"ld3m.lr.latent.dm has no entry for ipc 2"):
+        ld3m_params.ld3m_config(per_ipc, train_set(), "cpu", objective="dm", space="latent", ipc=2)
 
 
 def test_pixel_space_needs_no_prior_and_uses_the_pixel_rate():

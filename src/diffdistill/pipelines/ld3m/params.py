@@ -31,8 +31,8 @@ class RunTable:
                                                                   "read when the graph is built")
     iterations: dict[str, int | dict[int, int]] = option(default_factory=dict, help="per objective: a number or "
                                                                                    "{ipc: number}")
-    lr: dict[str, dict[str, float | None] | None] | None = option(None, help="{space[_variant]: {objective: lr}}; "
-                                                                            "`latent` applies to every prior space")
+    lr: dict[str, dict[str, float | dict[int, float] | None] | None] | None = option(
+        None, help="{space[_variant]: {objective: lr or {ipc: lr}}}; `latent` applies to every prior space")
     net_overrides: dict[str, Any] | None = option(None, help="build_net overrides of the matching net")
     snr_window: int = option(10, help="the report's rolling window of the gradient-norm SNR")
 
@@ -80,13 +80,19 @@ def run_table(params: Any) -> RunTable:
     return build(RunTable, {k: v for k, v in params.items() if k in NODE_KEYS}, "ld3m")
 
 
-def learning_rate(params: Any, objective: str, space: str, variant: str | None = None) -> float | None:
+def learning_rate(params: Any, objective: str, space: str, variant: str | None = None,
+                  ipc: int | None = None) -> float | None:
     """`lr.<space>_<variant>.<objective>` for a run that pins a variant (`latent_eq12`), else `lr.<space>.<objective>`,
-    else `lr.latent.<objective>` for every prior space; None = the core's default."""
+    else `lr.latent.<objective>` for every prior space; None = the core's default. A value given as {ipc: lr}
+    is read at `ipc` (a set's gradient per image shrinks with its size, so a rate chosen at one IPC need not carry)."""
     table = run_table(params).lr or {}
     keys = ([f"{space}_{variant}"] if variant else []) + [space] + (["latent"] if SPACE_SPECS[space].uses_prior else [])
     for key in keys:
         value = (table.get(key) or {}).get(objective)
+        if isinstance(value, Mapping):
+            if ipc is None:
+                raise ConfigError(f"ld3m.lr.{key}.{objective} is given per IPC; pass the run's ipc")
+            return _per_ipc(value, ipc, f"ld3m.lr.{key}.{objective}")
         if value is not None:
             return value
     return None
@@ -104,7 +110,7 @@ def dc_schedule(params: Any, space: str) -> str | None:
     return value
 
 
-def _per_ipc(value: int | dict[int, int], ipc: int, name: str) -> int:
+def _per_ipc(value: Any, ipc: int, name: str) -> Any:
     """A setting given as one value or as {ipc: value}."""
     if not isinstance(value, Mapping):
         return value
@@ -129,7 +135,7 @@ def ld3m_config(params: Any, train_set: TensorBundle, device: str, *, objective:
     values = {k: v for k, v in params.items() if k not in NODE_KEYS}
     values.update(objective=objective, space=space, ipc=ipc, device=device,
                   iterations=_per_ipc(table.iterations[objective], ipc, f"ld3m.iterations.{objective}"),
-                  lr=learning_rate(params, objective, space, variant),
+                  lr=learning_rate(params, objective, space, variant, ipc),
                   dsa_strategy=resolve_dsa_strategy(values.get("dsa_strategy", "auto"), train_set.meta.get("source")))
     if isinstance(values.get("dc"), Mapping):
         values["dc"] = {**values["dc"], "schedule": dc_schedule(params, space)}
