@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from kedro.io.core import Version
-from random_draws import load_latest  # a sibling study (this folder is on sys.path when a study runs)
+from random_draws import environment_params, load_latest  # a sibling study (this folder is on sys.path)
 
 from diffdistill.data.bundle import TensorBundle, to_unit
 from diffdistill.datasets import DiffusersFolderDataset
@@ -67,6 +67,18 @@ def carve_validation(train: TensorBundle, fraction: float = 0.2, seed: int = 202
         return TensorBundle({"images": train["images"][rows], "labels": train["labels"][rows]}, dict(train.meta))
 
     return subset(keep), subset(held)
+
+
+def per_class_subset(train: TensorBundle, count: int, seed: int = 2025) -> TensorBundle:
+    """`count` seeded images per class: the part the Gaussians are fitted on when the inversion of the whole train
+    part does not fit the budget (a 512-dim diagonal Gaussian's moments from a few hundred samples)."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for k in range(train.num_classes):
+        of_class = torch.nonzero(train["labels"] == k).flatten()
+        rows.append(of_class[torch.randperm(len(of_class), generator=generator)[:count]])
+    rows = torch.cat(rows)
+    return TensorBundle({"images": train["images"][rows], "labels": train["labels"][rows]}, dict(train.meta))
 
 
 def load_study_inputs(root: Path, data_root: str = "data") -> tuple[TensorBundle, TensorBundle, Any]:
@@ -146,8 +158,14 @@ def main() -> None:
     parser.add_argument("--configs", default="all", help="comma-separated indices into CONFIGS, or 'all'")
     parser.add_argument("--extra", default="", help="JSON list of extra knob dicts to try")
     parser.add_argument("--soft-labels", action="store_true", help="also score every set with the soft_label protocol")
+    parser.add_argument("--env", default="base", help="kedro environment: its data_root")
+    parser.add_argument("--per-class", type=int, default=0,
+                        help="fit the Gaussians on this many train-part images per class (0: all of them)")
+    parser.add_argument("--teacher-epochs", type=int, default=15, help="epochs of the study's own teacher")
     args = parser.parse_args()
-    train, val, prior = load_study_inputs(Path(args.project))
+    _, globals_ = environment_params(Path(args.project), args.env)
+    train, val, prior = load_study_inputs(Path(args.project), globals_.get("data_root", "data"))
+    fit_on = per_class_subset(train, args.per_class) if args.per_class else train
     ipcs, seeds = [int(x) for x in args.ipcs.split(",")], [int(x) for x in args.seeds.split(",")]
     protocols = ["dc", "soft_label"] if args.soft_labels else ["dc"]
     out = Path(args.out)
@@ -158,9 +176,10 @@ def main() -> None:
             handle.write(json.dumps(record) + "\n")
 
     teacher_params = {"arch": "convnet", "protocol": "dc", "seed": 0,
-                      "protocol_overrides": {"epochs": 15, "batch_size": 64}}
+                      "protocol_overrides": {"epochs": args.teacher_epochs, "batch_size": 64}}
     teacher_bundle, _ = train_teacher(train, val, teacher_params, "cpu")
-    emit({"teacher_val_acc": 100 * teacher_bundle.meta["test_accuracy"], "train": len(train), "val": len(val)})
+    emit({"env": args.env, "teacher_val_acc": 100 * teacher_bundle.meta["test_accuracy"], "train": len(train),
+          "val": len(val), "gaussians_fitted_on": len(fit_on), "teacher_epochs": args.teacher_epochs})
     baseline_sets = {}
     for ipc in ipcs:
         baseline_sets[f"random_ipc{ipc}"] = make_random_subset(train, {"seed": 0}, ipc=ipc, name=f"random_ipc{ipc}")[0]
@@ -172,10 +191,14 @@ def main() -> None:
             emit({"config": "baseline", **score(name, bundle, train, val, teacher_bundle, protocol, seeds)})
     chosen = CONFIGS if args.configs == "all" else [CONFIGS[int(i)] for i in args.configs.split(",")]
     chosen = chosen + (json.loads(args.extra) if args.extra else [])
+    fitted: dict[tuple, tuple[TensorBundle, float]] = {}  # configs that change only sampling share one inversion
     for change in chosen:
         knobs = {**BASE, **change}
         start = time.perf_counter()
-        gaussians, psnr = fit_noise_space(train, prior, knobs)
+        inversion = (knobs["num_steps"], knobs["invert_steps"], knobs["invert_guidance"])
+        if inversion not in fitted:
+            fitted[inversion] = fit_noise_space(fit_on, prior, knobs)
+        gaussians, psnr = fitted[inversion]
         for sampling_seed in [int(x) for x in args.sampling_seeds.split(",")]:
             sets = d3hr_sets(train, prior, teacher_bundle, gaussians, knobs, ipcs, sampling_seed)
             for name, bundle in sets.items():
