@@ -217,8 +217,9 @@ class LatentPrior(nn.Module):
         # decode returns the channel mean, so the rest of the project sees the data's own channel count.
         vae_channels = int(vae.config.in_channels)
         if data_channels not in (None, 1, vae_channels):
-            raise ValueError(f"data_channels={data_channels!r} must be None, 1 (grayscale through this "
-                             f"{vae_channels}-channel VAE) or {vae_channels}")
+            raise ValueError(f"data_channels={data_channels!r}: the data has {data_channels}-channel images but the "
+                             f"prior's VAE takes {vae_channels}, and only grayscale (1) data is converted; convert "
+                             "the data or use another VAE")
         self._data_channels = None if data_channels in (None, vae_channels) else 1
         self.eval()
 
