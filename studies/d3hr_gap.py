@@ -52,33 +52,29 @@ CONFIGS: list[dict[str, Any]] = [
 ]
 
 
-def carve_validation(train: TensorBundle, fraction: float = 0.2, seed: int = 2024) -> tuple[TensorBundle, TensorBundle]:
+def shuffled_rows_per_class(train: TensorBundle, seed: int) -> list[torch.Tensor]:
+    """Each class's row indices in a seeded random order (one generator, classes in order)."""
     generator = torch.Generator().manual_seed(seed)
-    keep, held = [], []
-    for k in range(train.num_classes):
-        rows = torch.nonzero(train["labels"] == k).flatten()
-        rows = rows[torch.randperm(len(rows), generator=generator)]
-        cut = int(len(rows) * fraction)
-        held.append(rows[:cut])
-        keep.append(rows[cut:])
+    rows = [torch.nonzero(train["labels"] == k).flatten() for k in range(train.num_classes)]
+    return [r[torch.randperm(len(r), generator=generator)] for r in rows]
 
-    def subset(parts: list[torch.Tensor]) -> TensorBundle:
-        rows = torch.cat(parts)
-        return TensorBundle({"images": train["images"][rows], "labels": train["labels"][rows]}, dict(train.meta))
 
-    return subset(keep), subset(held)
+def rows_of(train: TensorBundle, parts: list[torch.Tensor]) -> TensorBundle:
+    rows = torch.cat(parts)
+    return TensorBundle({"images": train["images"][rows], "labels": train["labels"][rows]}, dict(train.meta))
+
+
+def carve_validation(train: TensorBundle, fraction: float = 0.2, seed: int = 2024) -> tuple[TensorBundle, TensorBundle]:
+    shuffled = shuffled_rows_per_class(train, seed)
+    cuts = [int(len(rows) * fraction) for rows in shuffled]
+    return (rows_of(train, [rows[cut:] for rows, cut in zip(shuffled, cuts, strict=True)]),
+            rows_of(train, [rows[:cut] for rows, cut in zip(shuffled, cuts, strict=True)]))
 
 
 def per_class_subset(train: TensorBundle, count: int, seed: int = 2025) -> TensorBundle:
     """`count` seeded images per class: the part the Gaussians are fitted on when the inversion of the whole train
     part does not fit the budget (a 512-dim diagonal Gaussian's moments from a few hundred samples)."""
-    generator = torch.Generator().manual_seed(seed)
-    rows = []
-    for k in range(train.num_classes):
-        of_class = torch.nonzero(train["labels"] == k).flatten()
-        rows.append(of_class[torch.randperm(len(of_class), generator=generator)[:count]])
-    rows = torch.cat(rows)
-    return TensorBundle({"images": train["images"][rows], "labels": train["labels"][rows]}, dict(train.meta))
+    return rows_of(train, [rows[:count] for rows in shuffled_rows_per_class(train, seed)])
 
 
 def load_study_inputs(root: Path, data_root: str = "data") -> tuple[TensorBundle, TensorBundle, Any]:
