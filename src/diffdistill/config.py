@@ -163,6 +163,19 @@ def build(cls: type[T], params: Mapping[str, Any] | T | None, path: str) -> T:
     return made
 
 
+def per_ipc(value: Any, ipc: int, name: str) -> Any:
+    """A setting given as one value or as {ipc: value} (YAML keys may be ints or digit strings)."""
+    if not isinstance(value, Mapping):
+        return value
+    try:
+        table = {int(k): v for k, v in value.items()}
+    except ValueError:
+        raise ConfigError(f"{name} has keys {sorted(map(str, value))}; its keys are IPCs (ints)") from None
+    if ipc not in table:
+        raise ConfigError(f"{name} has no entry for ipc {ipc} (has {sorted(table)}); add one")
+    return table[ipc]
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """The config as plain data (`dataclasses.asdict`, tuples as lists) — what `build` accepts back."""
     def plain(value: Any) -> Any:

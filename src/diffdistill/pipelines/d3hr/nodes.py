@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from diffdistill.config import build, to_dict
+from diffdistill.config import build, per_ipc, to_dict
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.pipelines.artifacts import PriorModel, real_split_meta, require_same_prior
 from diffdistill.pipelines.metrics import as_mlflow_metrics
@@ -65,10 +66,15 @@ def _metrics(scores: list[float], seconds: float, ipc: int, factorised: bool) ->
     return as_mlflow_metrics({"mean_score": mean_score, "selection_seconds": seconds})
 
 
-def _generation(params: dict[str, Any]) -> GenerationConfig:
+def _generation(params: dict[str, Any], ipc: int) -> GenerationConfig:
+    """`d3hr.generation` for one IPC: `guidance` may be one value or {ipc: value} (a class's samples collapse
+    onto near-copies at a guidance that suits IPC 1)."""
     from diffdistill.distill.d3hr.config import GenerationConfig, section
 
-    return build(GenerationConfig, section(params, "d3hr", "generation"), "d3hr.generation")
+    values = section(params, "d3hr", "generation")
+    if isinstance(values, Mapping) and "guidance" in values:
+        values = {**values, "guidance": per_ipc(values["guidance"], ipc, "d3hr.generation.guidance")}
+    return build(GenerationConfig, values, "d3hr.generation")
 
 
 def _images(prior: PriorModel, selection: TensorBundle, config: GenerationConfig, device: str) -> torch.Tensor:
@@ -84,7 +90,7 @@ def generate_images(selection: TensorBundle, prior: PriorModel, train_set: Tenso
                     teacher_model: TensorBundle, params: dict[str, Any], device: str,
                     *, ipc: int, name: str) -> tuple[TensorBundle, torch.Tensor]:
     """DDIM-sample the selected noises back from the inversion step, decode, clamp: the distilled set."""
-    config = _generation(params)
+    config = _generation(params, ipc)
     return _distilled(_images(prior, selection, config, device), selection, train_set, teacher_model, config, device,
                       ipc=ipc, name=name)
 
@@ -113,7 +119,7 @@ def _distilled(images: torch.Tensor, selection: TensorBundle, train_set: TensorB
 def d3hr_classes(class_gaussians: TensorBundle, prior: PriorModel, params: dict[str, Any], device: str, *,
                  ipc: int, factorised: bool, shard: tuple[int, int]) -> TensorBundle:
     """One class shard of a D3HR set: group selection and generated images of its classes."""
-    config = _generation(params)
+    config = _generation(params, ipc)
     selection, seconds = _select(class_gaussians, params, ipc, factorised, shard)
     classes = list(class_range(int(class_gaussians["counts"].shape[0]), shard))
     return TensorBundle({**selection.tensors, "images": _images(prior, selection, config, device)},
@@ -123,7 +129,7 @@ def d3hr_classes(class_gaussians: TensorBundle, prior: PriorModel, params: dict[
 def merge_d3hr_parts(class_gaussians: TensorBundle, train_set: TensorBundle, teacher_model: TensorBundle,
                      params: dict[str, Any], device: str, *parts: TensorBundle, ipc: int, factorised: bool, name: str):
     """Class shards of one D3HR set -> its `d3hr_selection`, metrics, distilled set and grid (the unsharded bytes)."""
-    config = _generation(params)
+    config = _generation(params, ipc)
     parts = list(parts)
     check_parts_cover(parts, int(class_gaussians["counts"].shape[0]), f"d3hr ipc {ipc}")
     require_same(parts, ("prior_fingerprint", "ipc", "factorised", "num_steps", "start_step"), f"d3hr ipc {ipc}")

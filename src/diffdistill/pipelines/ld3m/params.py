@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from diffdistill.augment import resolve_dsa_strategy
-from diffdistill.config import ConfigError, build, option
+from diffdistill.config import ConfigError, build, option, per_ipc
 from diffdistill.data.bundle import TensorBundle
 from diffdistill.diffusion.residual import check_variant
 from diffdistill.distill.ld3m import OBJECTIVES, SPACE_SPECS, SPACES, LD3MConfig
@@ -92,7 +92,7 @@ def learning_rate(params: Any, objective: str, space: str, variant: str | None =
         if isinstance(value, Mapping):
             if ipc is None:
                 raise ConfigError(f"ld3m.lr.{key}.{objective} is given per IPC; pass the run's ipc")
-            return _per_ipc(value, ipc, f"ld3m.lr.{key}.{objective}")
+            return per_ipc(value, ipc, f"ld3m.lr.{key}.{objective}")
         if value is not None:
             return value
     return None
@@ -110,19 +110,6 @@ def dc_schedule(params: Any, space: str) -> str | None:
     return value
 
 
-def _per_ipc(value: Any, ipc: int, name: str) -> Any:
-    """A setting given as one value or as {ipc: value}."""
-    if not isinstance(value, Mapping):
-        return value
-    try:
-        table = {int(k): v for k, v in value.items()}
-    except ValueError:
-        raise ConfigError(f"{name} has keys {sorted(map(str, value))}; its keys are IPCs (ints)") from None
-    if ipc not in table:
-        raise ConfigError(f"{name} has no entry for ipc {ipc} (has {sorted(table)}); add one")
-    return table[ipc]
-
-
 def ld3m_config(params: Any, train_set: TensorBundle, device: str, *, objective: str, space: str, ipc: int,
                 variant: str | None = None) -> LD3MConfig:
     """`params:ld3m` -> the core's config for one run (objective, space, IPC, iterations, lr, DC loop schedule,
@@ -134,7 +121,7 @@ def ld3m_config(params: Any, train_set: TensorBundle, device: str, *, objective:
                           f"{{{objective}: 100}}")
     values = {k: v for k, v in params.items() if k not in NODE_KEYS}
     values.update(objective=objective, space=space, ipc=ipc, device=device,
-                  iterations=_per_ipc(table.iterations[objective], ipc, f"ld3m.iterations.{objective}"),
+                  iterations=per_ipc(table.iterations[objective], ipc, f"ld3m.iterations.{objective}"),
                   lr=learning_rate(params, objective, space, variant, ipc),
                   dsa_strategy=resolve_dsa_strategy(values.get("dsa_strategy", "auto"), train_set.meta.get("source")))
     if isinstance(values.get("dc"), Mapping):
