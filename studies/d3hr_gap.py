@@ -151,7 +151,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="training seeds of the judge ConvNet")
     parser.add_argument("--sampling-seeds", default="0", help="group-sampling seeds (which noises are drawn)")
     parser.add_argument("--no-baselines", action="store_true")
-    parser.add_argument("--configs", default="all", help="comma-separated indices into CONFIGS, or 'all'")
+    parser.add_argument("--configs", default="all",
+                        help="comma-separated indices into CONFIGS, 'all', or 'none' (only --extra)")
     parser.add_argument("--extra", default="", help="JSON list of extra knob dicts to try")
     parser.add_argument("--soft-labels", action="store_true", help="also score every set with the soft_label protocol")
     parser.add_argument("--env", default="base", help="kedro environment: its data_root")
@@ -185,7 +186,8 @@ def main() -> None:
         bundle.meta["ipc"] = int(name.rsplit("ipc", 1)[1])
         for protocol in protocols:
             emit({"config": "baseline", **score(name, bundle, train, val, teacher_bundle, protocol, seeds)})
-    chosen = CONFIGS if args.configs == "all" else [CONFIGS[int(i)] for i in args.configs.split(",")]
+    named = {"all": CONFIGS, "none": []}
+    chosen = named[args.configs] if args.configs in named else [CONFIGS[int(i)] for i in args.configs.split(",")]
     chosen = chosen + (json.loads(args.extra) if args.extra else [])
     fitted: dict[tuple, tuple[TensorBundle, float]] = {}  # configs that change only sampling share one inversion
     for change in chosen:
